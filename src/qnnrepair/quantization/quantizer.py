@@ -101,7 +101,7 @@ class _RangeObserver:
         self.lo, self.hi = min(self.lo, x.min().item()), max(self.hi, x.max().item())
         if self.n_kept < _SAMPLE_CAP:
             k = min(_SAMPLE_PER_BATCH, x.numel())
-            idx = torch.randperm(x.numel(), generator=self.generator)[:k]
+            idx = torch.randint(x.numel(), (k,), generator=self.generator)
             self.samples.append(x[idx].clone())
             self.n_kept += k
 

@@ -1,0 +1,36 @@
+"""Accuracy of a model on normalized images: the one number every decision and report uses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qnnrepair.progress import progress
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+            show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
+    """Predicted class per image (int64)."""
+    model.eval()
+    chunks = range(0, len(images), batch_size)
+    preds = [model(images[i:i + batch_size]).argmax(dim=1)
+             for i in progress(chunks, show_progress, desc=desc)]
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> float:
+    """Top-1 accuracy in percent."""
+    if len(images) == 0:
+        return float("nan")
+    return 100.0 * (predict(model, images, **kwargs) == labels).double().mean().item()
+
+
+def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       num_classes: int, **kwargs) -> list[float]:
+    preds = predict(model, images, **kwargs)
+    out = []
+    for k in range(num_classes):
+        mask = labels == k
+        out.append(100.0 * (preds[mask] == k).double().mean().item() if mask.any() else float("nan"))
+    return out

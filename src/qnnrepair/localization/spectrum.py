@@ -1,0 +1,353 @@
+"""Record the spectrum: per neuron, how often it deviates on failing and on passing inputs.
+
+Outcome of each input x with oracle o(x) (the label, or the float model's prediction):
+passing if Q(x) == o(x); failing if Q(x) != o(x) while F(x) == o(x) (a failure caused by
+quantization); skipped otherwise (F is wrong too, so x is not a repair target).
+
+Forward hooks on the named layers of both models capture their outputs (the pre-activations).
+Counts are accumulated batch by batch: no more than one batch of activations is ever held.
+Hooks are removed and the models' train/eval flags restored on every exit, errors included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, final
+
+import torch
+from torch import nn
+
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.localization.metrics import SpectrumCounts
+from qnnrepair.localization.states import (
+    FloatStats,
+    RunningMoments,
+    StateRule,
+    get_state_rule,
+)
+from qnnrepair.progress import progress
+
+logger = logging.getLogger(__name__)
+
+ORACLES = ("label", "float")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Per-layer SpectrumCounts (in the order the layers were given) and the input outcomes.
+
+    n_passed + n_failed + n_skipped is the number of inputs seen; every neuron's counts satisfy
+    ef + nf = n_failed and ep + np = n_passed.
+    """
+
+    counts: Mapping[str, SpectrumCounts]
+    n_passed: int
+    n_failed: int
+    n_skipped: int
+    oracle: str = "label"
+    state_rule: StateRule | None = None
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.counts)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.n_passed + self.n_failed + self.n_skipped
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(c.n_neurons for c in self.counts.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"Spectrum(layers={len(self.counts)}, n_neurons={self.n_neurons}, "
+            f"n_passed={self.n_passed}, n_failed={self.n_failed}, n_skipped={self.n_skipped}, "
+            f"oracle={self.oracle!r}, state_rule={self.state_rule!r})"
+        )
+
+
+def record_spectrum(
+    float_model: nn.Module,
+    quant_model: nn.Module,
+    layers: Sequence[str],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    oracle: str = "label",
+    state_rule: str | StateRule = "relative_error",
+    show_progress: bool = False,
+) -> Spectrum:
+    """Run both models on `batches` of (float NCHW images, int labels) and count, per neuron of
+    each layer in `layers`, deviations on failing and passing inputs.
+
+    Rules that need float statistics take a first pass over `batches` (float model only), so
+    `batches` must then be re-iterable (a list or a DataLoader, not a generator).
+    """
+    if oracle not in ORACLES:
+        raise QnnRepairError(f"unknown oracle {oracle!r}; use one of {', '.join(ORACLES)}")
+    rule = get_state_rule(state_rule)
+    layers = _check_layer_names(layers)
+    float_modules = _resolve_layers(float_model, layers, "float model")
+    quant_modules = _resolve_layers(quant_model, layers, "quantized model")
+    if rule.needs_float_stats and iter(batches) is batches:
+        raise QnnRepairError(
+            f"state rule {rule.name!r} reads the batches twice; pass a list or a DataLoader, "
+            "not an iterator or generator"
+        )
+    device = _device_of(float_model)
+
+    with ExitStack() as stack:
+        stack.enter_context(_eval_mode(float_model))
+        stack.enter_context(_eval_mode(quant_model))
+        float_run = stack.enter_context(_LayerRecorder(float_model, float_modules, "float model"))
+        quant_run = stack.enter_context(
+            _LayerRecorder(quant_model, quant_modules, "quantized model")
+        )
+        stack.enter_context(torch.no_grad())
+
+        stats: dict[str, FloatStats] | None = None
+        if rule.needs_float_stats:
+            stats = _float_stats(float_run, layers, batches, device, show_progress)
+
+        counter = _SpectrumCounter(layers)
+        for images, labels in _unpacked(progress(batches, show_progress, desc="spectrum"), device):
+            float_logits, float_acts = float_run(images)
+            quant_logits, quant_acts = quant_run(images)
+            float_pred = _predictions(float_logits, len(labels), "float model")
+            quant_pred = _predictions(quant_logits, len(labels), "quantized model")
+            target = labels if oracle == "label" else float_pred
+            passing = quant_pred == target
+            failing = ~passing & (float_pred == target)
+            counter.add_outcomes(passing, failing)
+            for layer in layers:
+                a_float, a_quant = float_acts[layer], quant_acts[layer]
+                deviating = rule.deviates(a_float, a_quant, None if stats is None else stats[layer])
+                if deviating.shape != (len(labels), a_float.shape[1]):
+                    raise QnnRepairError(
+                        f"state rule {rule.name!r} returned shape {tuple(deviating.shape)} for "
+                        f"layer {layer!r}, expected {(len(labels), a_float.shape[1])}"
+                    )
+                counter.add_layer(layer, deviating.bool(), passing, failing)
+
+    spectrum = counter.result(oracle, rule)
+    logger.debug("recorded %r", spectrum)
+    return spectrum
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@final
+class _LayerRecorder:
+    """Forward hooks on named modules of one model; calling it runs the model once and returns
+    (logits, {layer: output}). Hooks only record during that call, so two recorders can share
+    modules (the same model passed twice) without seeing each other's forward passes."""
+
+    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], role: str) -> None:
+        self.model = model
+        self.modules = dict(modules)
+        self.role = role
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._recording = False
+
+    def __enter__(self) -> _LayerRecorder:
+        try:
+            for layer, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._hook(layer)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._outputs = {}
+
+    def _hook(self, layer: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self._recording:
+                return
+            if layer in self._outputs:
+                raise QnnRepairError(
+                    f"layer {layer!r} of the {self.role} ran twice in one forward pass; "
+                    "choose modules that run once"
+                )
+            if not isinstance(output, torch.Tensor):
+                raise QnnRepairError(
+                    f"layer {layer!r} of the {self.role} returned {type(output).__name__}, "
+                    "not a tensor; choose Conv/Linear layers"
+                )
+            self._outputs[layer] = output.detach()
+
+        return hook
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._outputs = {}
+        self._recording = True
+        try:
+            logits = self.model(images)
+        finally:
+            self._recording = False
+        outputs, self._outputs = self._outputs, {}
+        missing = [layer for layer in self.modules if layer not in outputs]
+        if missing:
+            raise QnnRepairError(
+                f"layers {missing} of the {self.role} did not run in its forward pass"
+            )
+        return logits, outputs
+
+
+class _SpectrumCounter:
+    """Streaming ef/ep per neuron and passed/failed/skipped per input; nf and np follow."""
+
+    def __init__(self, layers: Sequence[str]) -> None:
+        self.failed_deviating: dict[str, torch.Tensor] = {}
+        self.passed_deviating: dict[str, torch.Tensor] = {}
+        self.layers = list(layers)
+        self.n_passed = self.n_failed = self.n_skipped = 0
+
+    def add_outcomes(self, passing: torch.Tensor, failing: torch.Tensor) -> None:
+        n_passed, n_failed = int(passing.sum()), int(failing.sum())
+        self.n_passed += n_passed
+        self.n_failed += n_failed
+        self.n_skipped += len(passing) - n_passed - n_failed
+
+    def add_layer(
+        self, layer: str, deviating: torch.Tensor, passing: torch.Tensor, failing: torch.Tensor
+    ) -> None:
+        failed = deviating[failing].sum(0, dtype=torch.int64).cpu()
+        passed = deviating[passing].sum(0, dtype=torch.int64).cpu()
+        if layer not in self.failed_deviating:
+            self.failed_deviating[layer], self.passed_deviating[layer] = failed, passed
+            return
+        if failed.shape != self.failed_deviating[layer].shape:
+            raise QnnRepairError(
+                f"layer {layer!r} had {failed.shape[0]} channels after "
+                f"{self.failed_deviating[layer].shape[0]} before"
+            )
+        self.failed_deviating[layer] += failed
+        self.passed_deviating[layer] += passed
+
+    def result(self, oracle: str, rule: StateRule) -> Spectrum:
+        if not self.failed_deviating:
+            raise QnnRepairError("no batches were given; pass at least one batch of repair inputs")
+        counts = {}
+        for layer in self.layers:
+            ef = self.failed_deviating[layer].numpy()
+            ep = self.passed_deviating[layer].numpy()
+            counts[layer] = SpectrumCounts(
+                failed_deviating=ef,
+                passed_deviating=ep,
+                failed_not_deviating=self.n_failed - ef,
+                passed_not_deviating=self.n_passed - ep,
+            )
+        return Spectrum(counts, self.n_passed, self.n_failed, self.n_skipped, oracle, rule)
+
+
+def _float_stats(
+    float_run: _LayerRecorder,
+    layers: Sequence[str],
+    batches: Iterable[Any],
+    device: torch.device | None,
+    show_progress: bool,
+) -> dict[str, FloatStats]:
+    moments = {layer: RunningMoments() for layer in layers}
+    for images, _ in _unpacked(progress(batches, show_progress, desc="float statistics"), device):
+        _, activations = float_run(images)
+        for layer in layers:
+            moments[layer].update(activations[layer])
+    return {layer: m.result() for layer, m in moments.items()}
+
+
+def _unpacked(
+    batches: Iterable[Any], device: torch.device | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in batches:
+        try:
+            images, labels = batch
+        except (TypeError, ValueError):
+            raise QnnRepairError(
+                f"each batch must be a pair (images, labels), got {type(batch).__name__}"
+            ) from None
+        images = torch.as_tensor(images)
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or images.dim() < 1 or images.shape[0] != labels.shape[0]:
+            raise QnnRepairError(
+                f"a batch has images of shape {tuple(images.shape)} and labels of shape "
+                f"{tuple(labels.shape)}; give N images and N labels"
+            )
+        if labels.dtype.is_floating_point or labels.dtype.is_complex:
+            raise QnnRepairError(f"labels must be integers, got {labels.dtype}")
+        yield images.to(device), labels.to(device=device, dtype=torch.int64)
+
+
+def _predictions(logits: Any, batch_size: int, role: str) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch_size:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise QnnRepairError(
+            f"the {role} must return logits of shape (batch, classes), got {shape}"
+        )
+    return logits.argmax(dim=1)
+
+
+def _check_layer_names(layers: Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise QnnRepairError("no layers given; name at least one Conv/Linear layer")
+    duplicates = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if duplicates:
+        raise QnnRepairError(f"layers named more than once: {', '.join(duplicates)}")
+    return layers
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[str], role: str) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    unknown = [layer for layer in layers if layer not in modules or layer == ""]
+    if unknown:
+        # Weighted layers first (nn.Conv2d/Linear, QuantConv2d/QuantLinear), else any module.
+        candidates = [name for name, m in modules.items() if name and _has_weights(m)] or [
+            name for name in modules if name
+        ]
+        shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
+        raise QnnRepairError(
+            f"the {role} has no layer {', '.join(map(repr, unknown))}; valid names include: {shown}"
+        )
+    return {layer: modules[layer] for layer in layers}
+
+
+def _has_weights(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "weight", None), torch.Tensor) or hasattr(
+        module, "weight_int"
+    )
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put the model in eval mode (dropout off, BatchNorm on running statistics) and restore
+    every module's own train/eval flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
