@@ -1,0 +1,309 @@
+"""The `qnnrepair` command. The only module that prints or configures logging.
+
+Every failure caused by input is one line on stderr and exit code 2; Ctrl-C is exit 130. Output
+files are written whole (temporary file, then rename) or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from qnnrepair.errors import QnnRepairError
+
+logger = logging.getLogger("qnnrepair")
+
+
+# ---------------------------------------------------------------- shared options
+
+def _add_data(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=False, default=None if not model_required else None,
+                   help="zoo name (resnet20, resnet32, conv3, ...) or package.module:factory")
+    g.add_argument("--weights", type=Path, help="float checkpoint (state dict) for --model")
+    g.add_argument("--quantized", type=Path,
+                   help="a quantized model file from `qnnrepair quantize` (instead of quantizing)")
+    g.add_argument("--data", type=Path, help="training-split data: R and V are drawn from it "
+                   "(.npz, idx folder, CIFAR batches folder or image folder)")
+    g.add_argument("--test-data", type=Path, help="test data (default: the rest of --data)")
+    g.add_argument("--n-repair", type=int, default=1000, help="repair-set size (default 1000)")
+    g.add_argument("--n-validation", type=int, default=1000,
+                   help="validation-set size (default 1000)")
+    g.add_argument("--n-test", type=int, default=None, help="test-set size (default: all)")
+    g.add_argument("--num-classes", type=int, default=10)
+    g.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and ties")
+
+
+def _add_quant(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization")
+    g.add_argument("--setting", default="w4a8", help="weight/activation bits, e.g. w8a8, w4a4")
+    g.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    g.add_argument("--weight-clipping", default="maxabs", choices=("maxabs", "mse"))
+    g.add_argument("--act-calibration", default="minmax", choices=("minmax", "percentile", "mse"))
+    g.add_argument("--percentile", type=float, default=99.99)
+    g.add_argument("--first-last-bits", default="8",
+                   help="bits of the first and last layer, or 'none' (default 8)")
+    g.add_argument("--override", action="append", default=[], metavar="LAYER=wXaY",
+                   help="per-layer bits by module name, e.g. layer3.2.conv2=w8a8 (repeatable)")
+
+
+def _add_repair(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("repair")
+    g.add_argument("--preset", default="default", help="default or paper")
+    g.add_argument("--metric", help="suspiciousness metric (tarantula, ochiai, dstar, ...)")
+    g.add_argument("--state-rule", help="neuron-state rule (relative_error, activation_flip, ...)")
+    g.add_argument("--oracle", choices=("label", "float"))
+    g.add_argument("--layers", choices=("all", "last", "hidden"))
+    g.add_argument("--max-neurons", type=int)
+    g.add_argument("--time-budget", type=float, help="seconds for the LP loop")
+    g.add_argument("--milp", action="store_true", help="integer LPs with a time limit")
+    g.add_argument("--workers", type=int, help="processes solving LPs (default 2)")
+
+
+def _quant_config(args):
+    from qnnrepair.quantization import QuantConfig
+
+    first_last = None if str(args.first_last_bits).lower() == "none" else _int(
+        args.first_last_bits, "--first-last-bits")
+    config = QuantConfig.from_setting(args.setting, per_channel=not args.per_tensor,
+                                      weight_clipping=args.weight_clipping,
+                                      act_calibration=args.act_calibration,
+                                      percentile=args.percentile, first_last_bits=first_last)
+    overrides = {}
+    for item in args.override:
+        name, _, setting = item.partition("=")
+        bits = QuantConfig.from_setting(setting)
+        overrides[name] = (bits.weight_bits, bits.act_bits)
+    return config.with_overrides(overrides) if overrides else config
+
+
+def _repair_config(args):
+    from qnnrepair.repair import preset
+
+    names = {"metric": "metric", "state_rule": "state_rule", "oracle": "oracle",
+             "layers": "layers", "max_neurons": "max_neurons", "time_budget": "time_budget_s",
+             "workers": "n_workers"}
+    overrides = {field: getattr(args, arg) for arg, field in names.items()
+                 if getattr(args, arg) is not None}
+    if args.milp:
+        overrides["integer"] = True
+    overrides["seed"] = args.seed
+    return preset(args.preset, **overrides)
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise QnnRepairError(f"{flag} must be an integer or 'none', got {text!r}") from None
+
+
+def _workload(args):
+    """(workload, quantized model or None) from --model/--weights or --quantized, and --data."""
+    from qnnrepair.pipeline import prepare
+    from qnnrepair.quantization import load_quantized
+
+    if args.data is None:
+        raise QnnRepairError("--data is required: give the data set R and V are drawn from")
+    quantized = None
+    if args.quantized is not None:
+        quantized = load_quantized(args.quantized)
+        if args.model is not None and args.model != quantized.model_spec:
+            raise QnnRepairError(f"--model {args.model} does not match the quantized file's "
+                                 f"architecture {quantized.model_spec}: drop --model")
+        spec, model = quantized.model_spec, quantized.float_model
+    elif args.model is None:
+        raise QnnRepairError("--model is required (or --quantized FILE)")
+    else:
+        spec, model = args.model, None
+    workload = prepare(spec, args.weights, args.data, args.test_data, n_repair=args.n_repair,
+                       n_validation=args.n_validation, n_test=args.n_test, seed=args.seed,
+                       num_classes=args.num_classes, model=model)
+    return workload, quantized
+
+
+def _quantized(args, workload, quantized):
+    from qnnrepair.quantization import quantize
+
+    if quantized is not None:
+        return quantized
+    return quantize(workload.model, _quant_config(args), workload.images("repair"),
+                    model_spec=workload.model_spec, seed=args.seed, show_progress=args.progress)
+
+
+def _sidecar(output: Path, suffix: str) -> Path:
+    return output.with_name(output.stem + suffix)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_demo(args) -> int:
+    from qnnrepair.pipeline import demo_workload, run_repair
+    from qnnrepair.quantization import QuantConfig
+    from qnnrepair.repair import preset
+
+    start = time.perf_counter()
+    print("qnnrepair demo: CIFAR-10 ResNet-20 (embedded), quantized to "
+          f"{args.setting.upper()} (first and last layer at 8 bits), repaired with the "
+          "default preset\n", file=sys.stderr)
+    workload = demo_workload(seed=args.seed)
+    result = run_repair(workload, QuantConfig.from_setting(args.setting),
+                        preset("default", seed=args.seed), show_progress=args.progress)
+    print(result.report.to_text())
+    print(f"\ntotal time {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from qnnrepair.evaluation import accuracy
+    from qnnrepair.quantization import save_quantized
+
+    if args.output is None:
+        raise QnnRepairError("--output is required: the quantized model file to write")
+    workload, _ = _workload(args)
+    qmodel = _quantized(args, workload, None)
+    save_quantized(qmodel, args.output)
+    val = accuracy(qmodel.model, workload.images("validation"), workload.labels("validation"))
+    print(f"wrote {args.output}: {qmodel}, validation accuracy {val:.2f}%")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from qnnrepair.evaluation import accuracy
+
+    workload, quantized = _workload(args)
+    qmodel = _quantized(args, workload, quantized)
+    print(f"{workload.model_spec} {qmodel.config.setting}")
+    for split in ("repair", "validation", "test"):
+        images, labels = workload.images(split), workload.labels(split)
+        f = accuracy(qmodel.float_model, images, labels, show_progress=args.progress)
+        q = accuracy(qmodel.model, images, labels, show_progress=args.progress)
+        print(f"  {split:<10} ({len(labels):>5} images)  float {f:6.2f}%  quantized {q:6.2f}%")
+    return 0
+
+
+def cmd_localize(args) -> int:
+    from qnnrepair.fileio import write_text
+    from qnnrepair.localization import SpectrumLocalizer
+    from qnnrepair.quantization import batches
+
+    workload, quantized = _workload(args)
+    qmodel = _quantized(args, workload, quantized)
+    config = _repair_config(args)
+    layers = qmodel.layers[-1:] if config.layers == "last" else qmodel.layers
+    images, labels = workload.images("repair"), workload.labels("repair")
+    localizer = SpectrumLocalizer(metric=config.metric, state_rule=config.state_rule,
+                                  oracle=config.oracle, seed=args.seed).fit(
+        qmodel.float_model, qmodel.model, layers,
+        list(zip(batches(images, 250), batches(labels, 250))), show_progress=args.progress)
+    spectrum = localizer.spectrum_
+    print(f"{spectrum.n_failed} failing, {spectrum.n_passed} passing, "
+          f"{spectrum.n_skipped} skipped repair inputs; metric {config.metric}")
+    ranking = [{"neuron": str(n), "layer": n.layer, "index": n.index,
+                "score": float(localizer.scores_[n.layer][n.index])}
+               for n in localizer.ranking_]
+    for row in ranking[:args.top]:
+        print(f"  {row['neuron']:<24} {row['score']:.4f}")
+    if args.output is not None:
+        write_text(args.output, json.dumps({"metric": config.metric, "ranking": ranking},
+                                           indent=1))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from qnnrepair.fileio import write_text
+    from qnnrepair.pipeline import run_repair
+    from qnnrepair.quantization import save_quantized
+
+    if args.output is None:
+        raise QnnRepairError("--output is required: the repaired model file to write")
+    _check_output_folder(args.output)
+    workload, quantized = _workload(args)
+    qmodel = _quantized(args, workload, quantized)
+    result = run_repair(workload, qmodel.config, _repair_config(args), quantized=qmodel,
+                        show_progress=args.progress)
+    text = result.report.to_text()
+    save_quantized(result.repaired, args.output)
+    write_text(_sidecar(args.output, ".report.json"), result.report.to_json())
+    write_text(_sidecar(args.output, ".summary.txt"), text + "\n")
+    print(text)
+    print(f"\nwrote {args.output}, {_sidecar(args.output, '.report.json').name}, "
+          f"{_sidecar(args.output, '.summary.txt').name}")
+    return 0
+
+
+def _check_output_folder(output: Path) -> None:
+    import os
+
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise QnnRepairError(f"output folder {folder} does not exist: create it first")
+    if not os.access(folder, os.W_OK):
+        raise QnnRepairError(f"output folder {folder} is not writable: choose another path")
+
+
+# ---------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qnnrepair", description=(
+        "Repair quantized neural networks: spectrum-based fault localization + linear "
+        "programming on integer weights, guarded by validation."))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="repair the embedded ResNet-20 on embedded CIFAR-10 images")
+    p.add_argument("--setting", default="w4a4", help="quantization setting (default w4a4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("quantize", help="quantize a float model and write the quantized file")
+    _add_data(p)
+    _add_quant(p)
+    p.add_argument("--output", type=Path, help="quantized model file to write")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("evaluate", help="float and quantized accuracy on every split")
+    _add_data(p)
+    _add_quant(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("localize", help="rank neurons by suspiciousness")
+    _add_data(p)
+    _add_quant(p)
+    _add_repair(p)
+    p.add_argument("--top", type=int, default=20, help="how many neurons to print")
+    p.add_argument("--output", type=Path, help="write the full ranking as JSON")
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("repair", help="repair a quantized model; writes model, report, summary")
+    _add_data(p)
+    _add_quant(p)
+    _add_repair(p)
+    p.add_argument("--output", type=Path, help="repaired model file to write (.qnn)")
+    p.set_defaults(func=cmd_repair)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except QnnRepairError as err:
+        print(f"qnnrepair: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qnnrepair: interrupted; no output file was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

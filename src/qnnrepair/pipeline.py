@@ -1,0 +1,142 @@
+"""The whole job in two calls: `prepare` a workload, then `run_repair` on it.
+
+    workload = prepare("resnet20", "ckpt.th", "train.npz", "test.npz", n_repair=1000, ...)
+    result = run_repair(workload, QuantConfig.from_setting("w4a8"), preset("default"))
+    print(result.report.to_text())
+
+The test set is evaluated only after the repair has finished: no decision ever sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make_splits, to_tensor
+from qnnrepair.evaluation import accuracy, per_class_accuracy
+from qnnrepair.models import ModelInfo, load_model, model_info
+from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
+from qnnrepair.repair import RepairConfig, Repairer
+from qnnrepair.report import RepairReport
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("repair", "validation", "test")
+
+
+@dataclass
+class Workload:
+    """A float model and its three disjoint data splits, as normalized tensors."""
+
+    model_spec: str
+    model: nn.Module
+    info: ModelInfo
+    splits: Splits
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.tensors = {name: (to_tensor(ds.images, self.info.mean, self.info.std),
+                               torch.from_numpy(ds.labels).long())
+                        for name, ds in zip(SPLIT_NAMES, (self.splits.repair,
+                                                          self.splits.validation,
+                                                          self.splits.test))}
+
+    def images(self, split: str) -> torch.Tensor:
+        return self.tensors[split][0]
+
+    def labels(self, split: str) -> torch.Tensor:
+        return self.tensors[split][1]
+
+
+def user_model_info(spec: str, data: Dataset, num_classes: int) -> ModelInfo:
+    """A user's own model gets its input shape from the data and no normalization beyond [0,1]."""
+    h, w, c = data.images.shape[1:]
+    return ModelInfo(spec, (c, h, w), num_classes, (0.0,) * c, (1.0,) * c)
+
+
+def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
+            test_data: str | Path | None = None, *, n_repair: int = 1000,
+            n_validation: int = 1000, n_test: int | None = None, seed: int = 0,
+            num_classes: int = 10, model: nn.Module | None = None) -> Workload:
+    """Load the model (unless given) and the data, check they fit, and draw the splits.
+
+    R and V come from `data`'s training split; T is `test_data`'s test split, or further
+    images of `data` when no test data is given.
+    """
+    pool = load_dataset(data, split="train")
+    test = load_dataset(test_data, split="test") if test_data is not None else None
+    if model is None:
+        model = load_model(model_spec, weights, num_classes=num_classes)
+    info = (user_model_info(model_spec, pool, num_classes) if ":" in model_spec
+            else model_info(model_spec, num_classes))
+    for dataset in (pool, test):
+        if dataset is not None:
+            check_compatible(dataset, info)
+    splits = make_splits(pool, test, n_repair, n_validation, n_test, seed)
+    return Workload(model_spec, model, info, splits, seed)
+
+
+def embedded_default() -> tuple[Path, Path]:
+    """The demo's shipped model (CIFAR-10 ResNet-20, BSD-2) and CIFAR-10 subset."""
+    assets = resources.files("qnnrepair") / "assets"
+    return Path(str(assets / "resnet20-cifar10.pt")), Path(str(assets / "cifar10-demo.npz"))
+
+
+def demo_workload(seed: int = 0) -> Workload:
+    weights, data = embedded_default()
+    return prepare("resnet20", weights, data, data, n_repair=1000, n_validation=1000,
+                   seed=seed)
+
+
+@dataclass
+class RepairResult:
+    quantized: QuantizedModel
+    repaired: QuantizedModel
+    repairer: Repairer
+    report: RepairReport
+
+
+def run_repair(workload: Workload, quant_config: QuantConfig, repair_config: RepairConfig, *,
+               quantized: QuantizedModel | None = None, show_progress: bool = False
+               ) -> RepairResult:
+    """Quantize (unless `quantized` is given), repair on R guarded by V, report R / V / T."""
+    timings = {}
+    start = time.perf_counter()
+    if quantized is None:
+        quantized = quantize(workload.model, quant_config, workload.images("repair"),
+                             model_spec=workload.model_spec, seed=workload.seed,
+                             show_progress=show_progress)
+    timings["quantize"] = time.perf_counter() - start
+    repairer = Repairer(repair_config).fit(
+        quantized, workload.images("repair"), workload.labels("repair"),
+        workload.images("validation"), workload.labels("validation"), show_progress)
+    timings.update(repairer.timings_)
+    start = time.perf_counter()
+    report = build_report(workload, quantized, repairer, timings)
+    timings["evaluate"] = time.perf_counter() - start
+    return RepairResult(quantized, repairer.repaired_, repairer, report)
+
+
+def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repairer,
+                 timings: dict[str, float]) -> RepairReport:
+    models = {"float": quantized.float_model, "quantized": quantized.model,
+              "repaired": repairer.repaired_.model}
+    acc = {split: {name: accuracy(m, workload.images(split), workload.labels(split))
+                   for name, m in models.items()} for split in SPLIT_NAMES}
+    per_class = {name: per_class_accuracy(m, workload.images("test"), workload.labels("test"),
+                                          workload.info.num_classes)
+                 for name, m in models.items()}
+    scores = repairer.localizer_.scores_
+    top = [(str(n), float(scores[n.layer][n.index])) for n in repairer.localizer_.ranking_[:20]]
+    return RepairReport(
+        model=workload.model_spec, quant_config=quantized.config.to_dict(),
+        repair_config=repairer.config.to_dict(), seed=workload.seed,
+        sizes={s: len(workload.labels(s)) for s in SPLIT_NAMES}, accuracy=acc,
+        top_neurons=top, changes=[c.to_dict() for c in repairer.changes_],
+        steps=[s.to_dict() for s in repairer.steps_], timings=timings, per_class=per_class)

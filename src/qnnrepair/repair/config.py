@@ -1,0 +1,86 @@
+"""Repair settings and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from qnnrepair.errors import QnnRepairError
+
+LAYER_CHOICES = ("all", "last", "hidden")
+HIDDEN_FORMULATIONS = ("match", "sign")
+OUTPUT_FORMULATIONS = ("margin", "match", "sign")
+NORMS = ("l1", "linf")
+SCHEDULES = ("doubling", "linear")
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """Everything that decides what a repair does; serialized into every report.
+
+    Localization: `metric`, `state_rule`, `oracle` rank the neurons of `layers`.
+    LP: hidden neurons use `hidden_formulation` (match the float pre-activation, or the paper's
+    sign constraints), the output layer `output_formulation`; `norm` is the penalty on the
+    integer deltas, weighted by `lam`; `kappa` is the margin; `integer` solves a MILP with
+    `time_limit` seconds instead of LP relaxation + rounding; `max_rows` caps each LP.
+    Acceptance: neurons are repaired in ranking order in chunks that grow by `schedule`
+    (doubling: 1, 2, 4, ...; linear: 1, 1, 1, ...), up to `max_neurons` and `time_budget_s`;
+    a chunk is kept only if validation accuracy does not drop.
+    """
+
+    metric: str = "ochiai"
+    state_rule: str = "relative_error"
+    oracle: str = "label"
+    layers: str = "all"
+    hidden_formulation: str = "match"
+    output_formulation: str = "margin"
+    norm: str = "l1"
+    lam: float | None = None
+    kappa: float | None = None
+    integer: bool = False
+    time_limit: float | None = 10.0
+    max_rows: int = 1000
+    failing_only: bool = False
+    schedule: str = "doubling"
+    max_neurons: int | None = None
+    time_budget_s: float | None = 100.0
+    n_workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("layers", self.layers, LAYER_CHOICES)
+        _choice("hidden_formulation", self.hidden_formulation, HIDDEN_FORMULATIONS)
+        _choice("output_formulation", self.output_formulation, OUTPUT_FORMULATIONS)
+        _choice("norm", self.norm, NORMS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("oracle", self.oracle, ("label", "float"))
+        if self.max_rows < 1:
+            raise QnnRepairError(f"max_rows must be at least 1, got {self.max_rows}")
+        if self.max_neurons is not None and self.max_neurons < 1:
+            raise QnnRepairError(f"max_neurons must be at least 1, got {self.max_neurons}")
+        if self.n_workers < 1:
+            raise QnnRepairError(f"n_workers must be at least 1, got {self.n_workers}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise QnnRepairError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
+
+
+# The seed method as published: one dense layer (the output layer here), per-neuron L-infinity
+# MILP with sign constraints on failing inputs, top-N neurons applied one more at a time, N up
+# to 10. Kept: clamping to the grid, zero points, rounding, held-out validation.
+PRESETS: dict[str, RepairConfig] = {
+    "default": RepairConfig(),
+    "paper": RepairConfig(metric="tarantula", layers="last", output_formulation="sign",
+                          norm="linf", integer=True, failing_only=True, schedule="linear",
+                          max_neurons=10),
+}
+
+
+def preset(name: str, **overrides) -> RepairConfig:
+    if name not in PRESETS:
+        raise QnnRepairError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

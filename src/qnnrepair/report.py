@@ -1,0 +1,83 @@
+"""RepairReport: what was repaired, how, and how accuracy moved on every split."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+SPLITS = ("repair", "validation", "test")
+MODELS = ("float", "quantized", "repaired")
+
+
+def versions() -> dict[str, str]:
+    import highspy  # noqa: F401  (imported for its version)
+    import numpy
+    import torch
+
+    from qnnrepair import __version__
+
+    try:
+        from importlib.metadata import version
+        highs = version("highspy")
+    except Exception:  # pragma: no cover - metadata missing in odd installs
+        highs = "unknown"
+    return {"qnnrepair": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "highspy": highs, "python": platform.python_version(),
+            "machine": f"{platform.machine()} {platform.system()}"}
+
+
+@dataclass
+class RepairReport:
+    """Accuracies are percentages keyed [split][model]; `changes` one dict per changed neuron."""
+
+    model: str
+    quant_config: dict
+    repair_config: dict
+    seed: int
+    sizes: dict[str, int]
+    accuracy: dict[str, dict[str, float]]
+    top_neurons: list[tuple[str, float]]
+    changes: list[dict]
+    steps: list[dict]
+    timings: dict[str, float]
+    versions: dict[str, str] = field(default_factory=versions)
+    per_class: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    @property
+    def n_lps(self) -> int:
+        return sum(s["n_lps"] for s in self.steps)
+
+    def lp_seconds(self) -> list[float]:
+        return [t for s in self.steps for t in s["lp_seconds"]]
+
+    def to_text(self) -> str:
+        lines = [f"qnnrepair report: {self.model}, "
+                 f"w{self.quant_config['weight_bits']}a{self.quant_config['act_bits']}, "
+                 f"seed {self.seed}", ""]
+        lines.append(f"{'accuracy %':<12}" + "".join(f"{m:>11}" for m in MODELS))
+        for split in SPLITS:
+            if split in self.accuracy:
+                row = self.accuracy[split]
+                name = f"{split} ({self.sizes.get(split, '?')})"
+                lines.append(f"{name:<18}"[:18].ljust(12) + "".join(
+                    f"{row.get(m, float('nan')):>11.2f}" for m in MODELS))
+        lines += ["", "most suspicious neurons: " + ", ".join(
+            f"{n} ({s:.3f})" for n, s in self.top_neurons[:8])]
+        kept = [s for s in self.steps if s["accepted"]]
+        lines.append(f"neurons changed: {len(self.changes)} "
+                     f"({sum(c['weights_changed'] for c in self.changes)} weights, "
+                     f"{len(kept)}/{len(self.steps)} steps kept by validation)")
+        times = sorted(self.lp_seconds())
+        if times:
+            lines.append(f"LPs solved: {self.n_lps}, solve time median "
+                         f"{times[len(times) // 2] * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        return "\n".join(lines)
