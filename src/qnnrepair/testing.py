@@ -39,3 +39,29 @@ def tiny_conv_net(seed: int = 0, num_classes: int = 4) -> TinyConvNet:
 def example_inputs(n: int = 16, seed: int = 0, shape=(3, 8, 8)) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, *shape, generator=generator)
+
+
+def blob_data(n: int = 200, num_classes: int = 4, seed: int = 0, shape=(3, 8, 8),
+              noise: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images = a class pattern plus noise: a task a tiny net learns in a second, not perfectly."""
+    patterns = torch.randn(num_classes, *shape, generator=torch.Generator().manual_seed(1234))
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (n,), generator=generator)
+    images = patterns[labels] + noise * torch.randn(n, *shape, generator=generator)
+    return images, labels
+
+
+def trained_tiny_net(seed: int = 0, steps: int = 150) -> TinyConvNet:
+    """A TinyConvNet trained on `blob_data`, in eval mode (BatchNorm statistics learned)."""
+    model = tiny_conv_net(seed=seed)
+    images, labels = blob_data(512, seed=10_000 + seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(len(images), (64,), generator=generator)
+        loss = F.cross_entropy(model(images[idx]), labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
