@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qnnrepair.errors import QnnRepairError
 from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make_splits, to_tensor
 from qnnrepair.evaluation import accuracy, per_class_accuracy
 from qnnrepair.models import ModelInfo, load_model, model_info
@@ -60,6 +61,22 @@ def user_model_info(spec: str, data: Dataset, num_classes: int) -> ModelInfo:
     return ModelInfo(spec, (c, h, w), num_classes, (0.0,) * c, (1.0,) * c)
 
 
+def probe_classes(model: nn.Module, model_spec: str, data: Dataset) -> int:
+    """Run a user's model on one image: its output size is the class count."""
+    info = user_model_info(model_spec, data, 1)
+    try:
+        with torch.no_grad():
+            logits = model(to_tensor(data.images[:1], info.mean, info.std))
+    except RuntimeError as err:
+        raise QnnRepairError(f"model {model_spec} fails on images of shape "
+                             f"{'x'.join(map(str, data.images.shape[1:]))}: "
+                             f"{str(err).splitlines()[0][:160]}; give images the model accepts") from None
+    if logits.dim() != 2:
+        raise QnnRepairError(f"model {model_spec} returns shape {tuple(logits.shape)}, "
+                             "expected logits (batch, classes)")
+    return logits.shape[1]
+
+
 def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
             test_data: str | Path | None = None, *, n_repair: int = 1000,
             n_validation: int = 1000, n_test: int | None = None, seed: int = 0,
@@ -73,8 +90,8 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
     test = load_dataset(test_data, split="test") if test_data is not None else None
     if model is None:
         model = load_model(model_spec, weights, num_classes=num_classes)
-    info = (user_model_info(model_spec, pool, num_classes) if ":" in model_spec
-            else model_info(model_spec, num_classes))
+    info = model_info(model_spec, num_classes) if ":" not in model_spec else \
+        user_model_info(model_spec, pool, probe_classes(model, model_spec, pool))
     for dataset in (pool, test):
         if dataset is not None:
             check_compatible(dataset, info)

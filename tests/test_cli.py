@@ -1,0 +1,111 @@
+"""The command line: each command end to end on tiny files, and bad input as one-line errors."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qnnrepair.cli import main
+from qnnrepair.models import build_model
+from qnnrepair.testing import tiny_conv_net
+
+MODEL = "qnnrepair.testing:tiny_conv_net"
+
+
+@pytest.fixture()
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8),
+             y=rng.integers(0, 4, 120))
+    torch.save(tiny_conv_net().state_dict(), tmp_path / "weights.pt")
+    torch.save(build_model("resnet20").state_dict(), tmp_path / "resnet20.pt")
+    return tmp_path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["--no-progress", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def common(files, *extra):
+    return ["--model", MODEL, "--weights", str(files / "weights.pt"), "--data",
+            str(files / "data.npz"), "--n-repair", "40", "--n-validation", "40", *extra]
+
+
+def test_quantize_evaluate_localize_repair(files, capsys):
+    before = {p.name: digest(p) for p in files.iterdir()}
+    q = files / "q.qnn"
+    code, out, _ = run(capsys, "quantize", *common(files, "--setting", "w3a4", "--output", str(q)))
+    assert code == 0 and q.is_file(), out
+
+    code, out, _ = run(capsys, "evaluate", "--quantized", str(q), "--data",
+                       str(files / "data.npz"), "--n-repair", "40", "--n-validation", "40")
+    assert code == 0 and "quantized" in out and "test" in out
+
+    ranking = files / "ranking.json"
+    code, out, _ = run(capsys, "localize", "--quantized", str(q), "--data",
+                       str(files / "data.npz"), "--n-repair", "40", "--n-validation", "40",
+                       "--output", str(ranking))
+    assert code == 0
+    assert len(json.loads(ranking.read_text())["ranking"]) == 6 + 8 + 4  # every neuron ranked
+
+    out_model = files / "repaired.qnn"
+    code, out, _ = run(capsys, "repair", "--quantized", str(q), "--data",
+                       str(files / "data.npz"), "--n-repair", "40", "--n-validation", "40",
+                       "--workers", "1", "--output", str(out_model))
+    assert code == 0, out
+    report = json.loads((files / "repaired.report.json").read_text())
+    assert set(report["accuracy"]) == {"repair", "validation", "test"}
+    assert (files / "repaired.summary.txt").read_text().startswith("qnnrepair report")
+    assert out_model.is_file()
+    for name, value in before.items():
+        assert digest(files / name) == value, f"input file {name} was modified"
+
+
+BAD_INPUTS = [
+    (["--data", "{d}/missing.npz"], "does not exist"),
+    (["--model", "resnet21"], "unknown model"),
+    (["--setting", "w9a8"], "from 2 to 8"),
+    (["--weights", "{d}/corrupt.pt"], "corrupt"),
+    (["--model", "conv3", "--weights", "{d}/weights.pt"], "does not fit"),
+    (["--data", "{d}/gray.npz"], "fails on images of shape 28x28x1"),
+    (["--model", "resnet20", "--weights", "{d}/resnet20.pt", "--data", "{d}/gray.npz"],
+     "expects 32x32x3"),
+    (["--data", "{d}/labels.npz"], "label"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, capsys, extra, needle):
+    (files / "corrupt.pt").write_bytes(b"not a checkpoint")
+    rng = np.random.default_rng(1)
+    np.savez(files / "gray.npz", x=rng.integers(0, 256, (120, 28, 28), dtype=np.uint8),
+             y=rng.integers(0, 4, 120))
+    np.savez(files / "labels.npz", x=rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8),
+             y=rng.integers(0, 9, 120))
+    argv = common(files, "--output", str(files / "out.qnn"))
+    for i in range(0, len(extra), 2):  # replace or add each flag
+        flag, value = extra[i], extra[i + 1].format(d=files)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    code, out, err = run(capsys, "quantize", *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qnnrepair: error:"), err
+    assert needle in lines[0].lower()
+    assert not (files / "out.qnn").exists()
+    assert not [p for p in files.iterdir() if p.name.startswith(".out.qnn")]
+
+
+def test_missing_output_folder(files, capsys):
+    code, _, err = run(capsys, "quantize", *common(files, "--output", str(files / "no" / "q.qnn")))
+    assert code == 2 and "does not exist" in err
