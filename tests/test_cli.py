@@ -65,6 +65,11 @@ def test_quantize_evaluate_localize_repair(files, capsys):
     assert set(report["accuracy"]) == {"repair", "validation", "test"}
     assert (files / "repaired.summary.txt").read_text().startswith("qnnrepair report")
     assert out_model.is_file()
+    onnx_file = files / "repaired.onnx"
+    code, out, _ = run(capsys, "export", "--quantized", str(out_model), "--data",
+                       str(files / "data.npz"), "--n-repair", "40", "--n-validation", "40",
+                       "--output", str(onnx_file))
+    assert code == 0 and onnx_file.is_file() and "same predictions" in out, out
     for name, value in before.items():
         assert digest(files / name) == value, f"input file {name} was modified"
 

@@ -237,6 +237,34 @@ def cmd_repair(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from qnnrepair.export import check_onnx, export_onnx
+    from qnnrepair.quantization import load_quantized
+
+    if args.quantized is None or args.output is None:
+        raise QnnRepairError("--quantized FILE and --output FILE.onnx are required")
+    qmodel = load_quantized(args.quantized)
+    if args.data is None:
+        import torch
+
+        from qnnrepair.models import model_info
+
+        shape = model_info(qmodel.model_spec).input_shape if ":" not in qmodel.model_spec \
+            else None
+        if shape is None:
+            raise QnnRepairError("--data is required to export a user model (for its input shape)")
+        export_onnx(qmodel, args.output, torch.zeros(1, *shape))
+        print(f"wrote {args.output} (not checked: give --data to compare with ONNX Runtime)")
+        return 0
+    workload, _ = _workload(args)
+    export_onnx(qmodel, args.output, workload.images("test")[:1])
+    check = check_onnx(args.output, qmodel, workload.images("test"), workload.labels("test"))
+    print(f"wrote {args.output}; ONNX Runtime vs simulation on {check['n_images']} test images: "
+          f"{100 * check['agreement']:.2f}% same predictions, accuracy "
+          f"{check['onnx_accuracy']:.2f}% vs {check['sim_accuracy']:.2f}%")
+    return 0
+
+
 def _check_output_folder(output: Path) -> None:
     import os
 
@@ -288,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repair(p)
     p.add_argument("--output", type=Path, help="repaired model file to write (.qnn)")
     p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("export", help="write a quantized model as ONNX QDQ; check it in ONNX "
+                       "Runtime on the test split when --data is given")
+    _add_data(p)
+    p.add_argument("--output", type=Path, help="ONNX file to write")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
