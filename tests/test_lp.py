@@ -435,3 +435,21 @@ def test_highs_prints_nothing():
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "", f"printed: {done.stdout!r}"
+
+
+def test_rounding_direction_bounds_match_brute_force():
+    """With each d_j restricted to {0, 1} or {-1, 0} (the L1 norm is then linear), the MILP
+    optimum equals enumeration of every rounding choice."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(12, 4))
+    q = np.array([1, -2, 0, 3])
+    lower, upper = np.array([0, -1, 0, -1]), np.array([1, 0, 1, 0])
+    target = 0.1 * x @ (q + np.array([1, -1, 0, 0])) + 0.05
+    result = solve_neuron_lp(x, target, q, 0.1, 0.0, -7, 7, integer=True, fit_bias=False,
+                                delta_bounds=(lower, upper), lam=1e-4)
+    best = min(
+        (np.abs(0.1 * x @ (q + np.array(d)) - target).mean() + 1e-4 * np.abs(d).sum(), d)
+        for d in itertools.product(*[range(lo, hi + 1) for lo, hi in zip(lower, upper)]))
+    print(f"MILP {result.objective_rounded:.6f} brute force {best[0]:.6f}")
+    assert result.objective_rounded == pytest.approx(best[0], abs=1e-9)
+    assert np.all(result.delta_weight >= lower) and np.all(result.delta_weight <= upper)

@@ -224,7 +224,18 @@ def _assemble(core: _Core, norm: str, lam_internal: float, l1_split: bool) -> _L
     row_lower, row_upper = [core.row_lower], [core.row_upper]
     n_rows = core.n_rows
     magnitude = np.maximum(np.abs(core.d_lower), np.abs(core.d_upper))
-    if norm == "l1" and l1_split:
+    one_sided = (core.d_lower >= 0) | (core.d_upper <= 0)
+    if norm == "l1" and one_sided.all():
+        # Every d_j has a known sign (e.g. the rounding-direction bounds), so |d_j| is linear:
+        # +-lam on d itself, no extra columns or rows.
+        d_plus, d_minus, extra0 = np.arange(n_d), None, n_d
+        sign = np.where(core.d_upper > 0, 1.0, -1.0)
+        cost = np.concatenate([lam_internal * sign, core.extra_cost])
+        lower = np.concatenate([core.d_lower, core.extra_lower])
+        upper = np.concatenate([core.d_upper, core.extra_upper])
+        integer = np.concatenate([np.ones(n_d, bool), np.zeros(n_extra, bool)])
+        norm_cols = np.zeros(0, np.int64)
+    elif norm == "l1" and l1_split:
         d_plus, d_minus = np.arange(n_d), n_d + np.arange(n_d)
         extra0 = 2 * n_d
         rows.append(core.d_rows)
@@ -322,7 +333,9 @@ def _point(layout: _Layout, core: _Core, d: np.ndarray, x_extra: np.ndarray) -> 
     else:
         x[layout.d_plus] = d
         x[len(d):len(d) + n_extra] = x_extra
-        x[layout.norm_cols] = np.abs(d) if len(layout.norm_cols) == len(d) else np.abs(d).max()
+        if len(layout.norm_cols):
+            x[layout.norm_cols] = np.abs(d) if len(layout.norm_cols) == len(d) \
+                else np.abs(d).max()
     return x
 
 
@@ -345,7 +358,8 @@ def _solve(core: _Core, *, norm: str, lam_internal: float, integer: bool, time_l
         d_relaxed = _delta_from(layout, relaxed.x)
         d = np.clip(np.rint(d_relaxed), core.d_lower, core.d_upper).astype(np.int64)
         bias = relaxed.x[layout.bias]
-        norm_value = float(relaxed.x[layout.norm_cols].sum())
+        norm_value = float(relaxed.x[layout.norm_cols].sum()) if len(layout.norm_cols) \
+            else float(np.abs(d_relaxed).sum())
         bound = relaxed.bound
         if integer or (len(layout.bias) and np.any(d != d_relaxed)):
             x_extra, refit_seconds = _refit_extras(core, d, time_limit)
@@ -581,7 +595,8 @@ def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float
                     qmax: int, *, lam: float | None = None, norm: str = "l1",
                     mode: str = "match", kappa: float | None = None, integer: bool = False,
                     time_limit: float | None = None, max_rows: int = 1000,
-                    fit_bias: bool = True, solver: str = DEFAULT_SOLVER) -> LPResult:
+                    fit_bias: bool = True, solver: str = DEFAULT_SOLVER,
+                    delta_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> LPResult:
     """Change one neuron's integer weights so its pre-activation follows a target.
 
     Pre-activation ``a(n) = s * sum_j (q_j + d_j) x_nj + bias + e``.
@@ -608,6 +623,9 @@ def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float
             position, flattened patch for a conv channel).
         target: (N,) target pre-activation (e.g. the float model's).
         weight_int: (J,) integer weights; weight_scale, bias: the neuron's scale and real bias.
+        delta_bounds: optional per-weight (lower, upper) integer bounds on d, intersected with
+            the grid; e.g. the floor and ceiling of the float weight, so that the LP chooses each
+            weight's rounding direction as AdaRound does.
         Other arguments as in :func:`solve_margin_lp`; kappa is used in "sign" mode only.
     """
     x = np.asarray(inputs, dtype=np.float64)
@@ -649,6 +667,11 @@ def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float
         return LPResult(zero_d, 0.0, "no_variables", unchanged, unchanged, unchanged, 0, 0, 0.0,
                         lam, kappa, 0.0, zero_d.astype(np.float64), kept)
 
+    d_lower = np.clip(qmin - q, None, 0).astype(np.float64)
+    d_upper = np.clip(qmax - q, 0, None).astype(np.float64)
+    if delta_bounds is not None:
+        d_lower = np.minimum(np.maximum(d_lower, delta_bounds[0]), 0)
+        d_upper = np.maximum(np.minimum(d_upper, delta_bounds[1]), 0)
     row_factor = np.ones(n_kept) if mode == "match" else np.sign(t[kept])
     n_bias = 1 if fit_bias else 0
     coef = (s / unit) * x[kept] * row_factor[:, None]
@@ -677,8 +700,7 @@ def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float
     n_extra = len(extra_cost)
     core = _Core(
         n_rows=n_kept, row_lower=row_lower, row_upper=row_upper,
-        d_lower=np.clip(qmin - q, None, 0).astype(np.float64),
-        d_upper=np.clip(qmax - q, 0, None).astype(np.float64),
+        d_lower=d_lower, d_upper=d_upper,
         d_rows=np.repeat(rows, n_weights), d_cols=np.tile(np.arange(n_weights), n_kept),
         d_vals=coef.reshape(-1),
         extra_cost=extra_cost,
