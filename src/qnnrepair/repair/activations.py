@@ -53,23 +53,44 @@ def _capture(module: torch.nn.Module, store: dict, key: str, pre: bool):
         handle.remove()
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the deepest recorded layer has run: the rest is not needed."""
+
+
+def _stop_after(module: torch.nn.Module):
+    def hook(_module, _inputs, _output):
+        raise _StopForward
+    return module.register_forward_hook(hook)
+
+
+def _run_until_stop(model: torch.nn.Module, batch: torch.Tensor) -> None:
+    try:
+        model(batch)
+    except _StopForward:
+        pass
+
+
 @torch.no_grad()
 def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tensor,
                   rows_per_layer: int, seed: int, batch_size: int = 250) -> dict[str, LayerRecord]:
-    """Record every layer in `layers` in one pass of each model over `images`."""
+    """Record every layer in `layers` in one pass of each model over `images`, stopping each
+    pass after the deepest of them."""
     positions = max(1, rows_per_layer // max(len(images), 1))
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[tuple]] = {name: [] for name in layers}
+    deepest = max(layers, key=qmodel.layers.index)
     with contextlib.ExitStack() as stack:
         store: dict[str, torch.Tensor] = {}
         for name in layers:
             stack.enter_context(_capture(qmodel.layer(name), store, f"in:{name}", pre=True))
             stack.enter_context(_capture(qmodel.layer(name), store, f"q:{name}", pre=False))
             stack.enter_context(_capture(qmodel.float_layer(name), store, f"f:{name}", pre=False))
+        for module in (qmodel.layer(deepest), qmodel.float_layer(deepest)):
+            stack.callback(_stop_after(module).remove)
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            qmodel.model(batch)
-            qmodel.float_model(batch)
+            _run_until_stop(qmodel.model, batch)
+            _run_until_stop(qmodel.float_model, batch)
             for name in layers:
                 layer = qmodel.layer(name)
                 parts[name].append(_rows(layer, layer.quantize_input(store[f"in:{name}"]),

@@ -10,6 +10,7 @@ LAYER_CHOICES = ("all", "last", "hidden")
 HIDDEN_FORMULATIONS = ("match", "sign")
 OUTPUT_FORMULATIONS = ("margin", "match", "sign")
 NORMS = ("l1", "linf")
+WEIGHT_DOMAINS = ("rounding", "grid")
 SCHEDULES = ("doubling", "linear")
 
 
@@ -21,7 +22,11 @@ class RepairConfig:
     LP: hidden neurons use `hidden_formulation` (match the float pre-activation, or the paper's
     sign constraints), the output layer `output_formulation`; `norm` is the penalty on the
     integer deltas, weighted by `lam`; `kappa` is the margin; `integer` solves a MILP with
-    `time_limit` seconds instead of LP relaxation + rounding; `max_rows` caps each LP.
+    `time_limit` seconds instead of LP relaxation + rounding; `max_rows` caps the output-layer
+    LP, `hidden_rows` each hidden-neuron LP. `weight_domain` "rounding" lets a hidden weight
+    move only between the floor and the ceiling of its float value (the LP chooses rounding
+    directions, as AdaRound does; measured better than the whole grid and 4x faster), "grid"
+    anywhere on the integer grid.
     Acceptance: neurons are repaired in ranking order in chunks that grow by `schedule`
     (doubling: 1, 2, 4, ...; linear: 1, 1, 1, ...), up to `max_neurons` and `time_budget_s`;
     a chunk is kept only if validation accuracy does not drop.
@@ -39,6 +44,8 @@ class RepairConfig:
     integer: bool = False
     time_limit: float | None = 10.0
     max_rows: int = 1000
+    hidden_rows: int = 128
+    weight_domain: str = "rounding"
     failing_only: bool = False
     schedule: str = "doubling"
     max_neurons: int | None = None
@@ -52,9 +59,11 @@ class RepairConfig:
         _choice("output_formulation", self.output_formulation, OUTPUT_FORMULATIONS)
         _choice("norm", self.norm, NORMS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("weight_domain", self.weight_domain, WEIGHT_DOMAINS)
         _choice("oracle", self.oracle, ("label", "float"))
-        if self.max_rows < 1:
-            raise QnnRepairError(f"max_rows must be at least 1, got {self.max_rows}")
+        if self.max_rows < 1 or self.hidden_rows < 1:
+            raise QnnRepairError(f"max_rows and hidden_rows must be at least 1, got "
+                                 f"{self.max_rows} and {self.hidden_rows}")
         if self.max_neurons is not None and self.max_neurons < 1:
             raise QnnRepairError(f"max_neurons must be at least 1, got {self.max_neurons}")
         if self.n_workers < 1:
@@ -76,6 +85,7 @@ PRESETS: dict[str, RepairConfig] = {
     "default": RepairConfig(),
     "paper": RepairConfig(metric="tarantula", layers="last", output_formulation="sign",
                           norm="linf", integer=True, failing_only=True, schedule="linear",
+                          weight_domain="grid",
                           max_neurons=10),
 }
 

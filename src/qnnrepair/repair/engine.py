@@ -151,23 +151,25 @@ class Repairer:
 
     def _repair_chunk(self, candidate: QuantizedModel, chunk: list[Neuron],
                       images: torch.Tensor, targets: dict) -> tuple[list[NeuronChange], Step]:
+        """Repair the chunk's neurons layer by layer in forward order, each layer's LPs built
+        from the inputs that the already repaired earlier layers give it."""
         by_layer: dict[str, list[int]] = {}
-        for neuron in chunk:
+        for neuron in sorted(chunk, key=lambda n: (candidate.layers.index(n.layer), n.index)):
             by_layer.setdefault(neuron.layer, []).append(neuron.index)
-        records = record_layers(candidate, list(by_layer), images, self.config.max_rows,
-                                self.config.seed)
-        jobs, owners = [], []
+        changes, results = [], []
         for name, indices in by_layer.items():
-            for job, owner in self._jobs(candidate, name, indices, records[name], targets):
-                jobs.append(job)
-                owners.append(owner)
-        # fork: workers need no re-import (torch data loaders do the same on Linux), and scripts
-        # without a __main__ guard keep working; the LP code in the workers uses no torch.
-        results = lp.solve_many(jobs, n_workers=self.config.n_workers, mp_context="fork")
-        changes = []
-        for (name, indices), result in zip(owners, results):
-            changes += apply_result(candidate, name, indices, result)
-        step = Step(chunk, float("nan"), False, len(jobs),
+            rows = self.config.max_rows if name == candidate.layers[-1] else \
+                self.config.hidden_rows
+            record = record_layers(candidate, [name], images, rows, self.config.seed)[name]
+            jobs, owners = zip(*self._jobs(candidate, name, indices, record, targets))
+            # fork: workers need no re-import (torch data loaders do the same on Linux), and
+            # scripts without a __main__ guard keep working; the LP code uses no torch.
+            solved = lp.solve_many(jobs, n_workers=self.config.n_workers, mp_context="fork")
+            for (layer, neurons), result in zip(owners, solved):
+                if result.objective_rounded < result.objective_unchanged:
+                    changes += apply_result(candidate, layer, neurons, result)
+            results += solved
+        step = Step(chunk, float("nan"), False, len(results),
                     [r.solve_seconds for r in results], [(r.n_rows, r.n_cols) for r in results])
         return changes, step
 
@@ -177,7 +179,7 @@ class Repairer:
         if cfg.failing_only:
             rows = targets["failing"][record.image]
         common = {"qmin": -layer.qmax, "qmax": layer.qmax, "norm": cfg.norm,
-                  "integer": cfg.integer, "time_limit": cfg.time_limit, "max_rows": cfg.max_rows}
+                  "integer": cfg.integer, "time_limit": cfg.time_limit}
         if cfg.lam is not None:
             common["lam"] = cfg.lam
         if cfg.kappa is not None:
@@ -191,15 +193,26 @@ class Repairer:
             yield lp.LPProblem("margin", dict(
                 features=record.inputs[keep], labels=targets["label"][record.image][keep],
                 weight_int=weight, weight_scale=scale, bias=bias, neurons=list(indices),
-                **common)), (name, list(indices))
+                max_rows=cfg.max_rows, **common)), (name, list(indices))
             return
         mode = cfg.output_formulation if is_output else cfg.hidden_formulation
+        real = rounding_domain(qmodel, name) if cfg.weight_domain == "rounding" else None
         for c in indices:
+            bounds = None if real is None else (np.floor(real[c]) - weight[c],
+                                                np.ceil(real[c]) - weight[c])
             yield lp.LPProblem("neuron", dict(
                 inputs=record.inputs[rows][:, record.columns(c)],
                 target=record.float_out[rows, c], weight_int=weight[c],
-                weight_scale=float(scale[c]), bias=float(bias[c]), mode=mode, **common)
-            ), (name, [c])
+                weight_scale=float(scale[c]), bias=float(bias[c]), mode=mode,
+                max_rows=cfg.max_rows if is_output else cfg.hidden_rows, delta_bounds=bounds,
+                **common)), (name, [c])
+
+
+def rounding_domain(qmodel: QuantizedModel, name: str) -> np.ndarray:
+    """Each weight of layer `name` in integer units, before rounding: w / s (out, fan_in)."""
+    layer, float_layer = qmodel.layer(name), qmodel.float_layer(name)
+    w = float_layer.weight.detach().double().reshape(layer.out_features, -1)
+    return (w / layer.weight_scale.double()[:, None]).numpy()
 
 
 def apply_result(qmodel: QuantizedModel, name: str, indices: list[int],
