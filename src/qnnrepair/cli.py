@@ -265,6 +265,54 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from qnnrepair.bench import BenchConfig, plot, render_markdown, run_setting
+    from qnnrepair.fileio import atomic_path
+    from qnnrepair.pipeline import prepare
+    from qnnrepair.report import versions
+
+    if not args.checkpoint or args.data is None or args.test_data is None:
+        raise QnnRepairError("bench needs --checkpoint NAME=FILE (repeatable), --data and "
+                             "--test-data")
+    _check_output_folder(args.output / "x")
+    models = [_name_and_path(item) for item in args.checkpoint]
+    settings = tuple(args.settings or (("w4a8", "w4a4") if args.quick else
+                                       ("w8a8", "w4a8", "w3a8", "w4a4")))
+    config = BenchConfig(settings=settings, adaround_iters=200 if args.quick else 1000,
+                         seed=args.seed)
+    n_test = args.n_test or (2000 if args.quick else None)
+    start, rows = time.perf_counter(), []
+    for model, weights in models:
+        workload = prepare(model, weights, args.data, args.test_data, n_repair=args.n_repair,
+                           n_validation=args.n_validation, n_test=n_test, seed=args.seed)
+        for setting in settings:
+            rows += run_setting(workload, setting, config, show_progress=args.progress)
+            print(f"{model} {setting}: " + ", ".join(
+                f"{r['method']} {r['result']['test']:.2f}" for r in rows
+                if r["model"] == model and r["setting"] == setting), flush=True)
+    meta = {"command": "qnnrepair " + " ".join(sys.argv[1:]), "config": config.to_dict(),
+            "machine": " ".join(f"{k} {v}" for k, v in versions().items()),
+            "wall_s": time.perf_counter() - start, "seed": args.seed,
+            "sizes": {"repair": args.n_repair, "validation": args.n_validation,
+                      "test": n_test or "all"}}
+    stem = args.output / args.name
+    with atomic_path(stem.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(render_markdown(rows, meta))
+    with atomic_path(stem.with_suffix(".png")) as tmp:
+        plot(rows, tmp)
+    print(f"wrote {stem}.md, .json, .png in {meta['wall_s']:.0f}s")
+    return 0
+
+
+def _name_and_path(item: str) -> tuple[str, Path]:
+    name, sep, path = item.partition("=")
+    if not sep or not path:
+        raise QnnRepairError(f"--checkpoint takes NAME=FILE, e.g. resnet20=ckpt.th; got {item!r}")
+    return name, Path(path)
+
+
 def _check_output_folder(output: Path) -> None:
     import os
 
@@ -316,6 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repair(p)
     p.add_argument("--output", type=Path, help="repaired model file to write (.qnn)")
     p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("bench", help="every method side by side on the same data; writes a "
+                       "Markdown table, JSON and a PNG plot")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=FILE",
+                   help="zoo model and its float checkpoint (repeatable)")
+    p.add_argument("--data", type=Path, help="training-split data (R and V)")
+    p.add_argument("--test-data", type=Path, help="test data")
+    p.add_argument("--settings", nargs="+", help="default: w8a8 w4a8 w3a8 w4a4")
+    p.add_argument("--n-repair", type=int, default=1000)
+    p.add_argument("--n-validation", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="W4A8 and W4A4, 2,000 test images, AdaRound 200 iterations")
+    p.add_argument("--output", type=Path, default=Path("benchmarks/results"),
+                   help="folder for the results (default benchmarks/results)")
+    p.add_argument("--name", default="bench", help="file stem (default bench)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="write a quantized model as ONNX QDQ; check it in ONNX "
                        "Runtime on the test split when --data is given")

@@ -44,7 +44,7 @@ class RepairConfig:
     integer: bool = False
     time_limit: float | None = 10.0
     max_rows: int = 1000
-    hidden_rows: int = 128
+    hidden_rows: int = 256
     weight_domain: str = "rounding"
     failing_only: bool = False
     schedule: str = "doubling"
