@@ -76,8 +76,15 @@ def test_paper_preset_touches_only_the_last_layer():
     config = preset("paper", n_workers=1, time_limit=2.0)
     repairer = Repairer(config).fit(qmodel, r_x, r_y, v_x, v_y)
     assert {c.neuron.layer for c in repairer.changes_} <= {"linear"}
-    assert all(len(s.neurons) == 1 for s in repairer.steps_)
+    assert [len(s.neurons) for s in repairer.steps_] == list(range(1, len(repairer.steps_) + 1))
     assert len(repairer.steps_) <= 10
+
+
+def test_geometric_schedule_ends_with_every_neuron():
+    repairer = Repairer(preset("default", growth=4))
+    assert repairer.schedule(70) == [1, 4, 16, 64, 70]
+    assert repairer.schedule(64) == [1, 4, 16, 64]
+    assert Repairer(preset("paper")).schedule(3) == [1, 2, 3]
 
 
 def test_workers_give_the_same_result():

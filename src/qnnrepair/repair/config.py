@@ -11,7 +11,7 @@ HIDDEN_FORMULATIONS = ("match", "sign")
 OUTPUT_FORMULATIONS = ("margin", "match", "sign")
 NORMS = ("l1", "linf")
 WEIGHT_DOMAINS = ("rounding", "grid")
-SCHEDULES = ("doubling", "linear")
+SCHEDULES = ("geometric", "linear")
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,10 @@ class RepairConfig:
     move only between the floor and the ceiling of its float value (the LP chooses rounding
     directions, as AdaRound does; measured better than the whole grid and 4x faster), "grid"
     anywhere on the integer grid.
-    Acceptance: neurons are repaired in ranking order in chunks that grow by `schedule`
-    (doubling: 1, 2, 4, ...; linear: 1, 1, 1, ...), up to `max_neurons` and `time_budget_s`;
-    a chunk is kept only if validation accuracy does not drop.
+    Acceptance: candidate N repairs the top-N neurons of the ranking (from the quantized model,
+    layer by layer), for N growing by `schedule` (geometric: 1, g, g^2, ..., all with
+    g = `growth`; linear: 1, 2, 3, ...) up to `max_neurons`, within `time_budget_s`; a candidate
+    replaces the best one only if its validation accuracy is not lower.
     """
 
     metric: str = "ochiai"
@@ -47,7 +48,8 @@ class RepairConfig:
     hidden_rows: int = 256
     weight_domain: str = "rounding"
     failing_only: bool = False
-    schedule: str = "doubling"
+    schedule: str = "geometric"
+    growth: int = 4
     max_neurons: int | None = None
     time_budget_s: float | None = 100.0
     n_workers: int = 2
@@ -66,6 +68,8 @@ class RepairConfig:
                                  f"{self.max_rows} and {self.hidden_rows}")
         if self.max_neurons is not None and self.max_neurons < 1:
             raise QnnRepairError(f"max_neurons must be at least 1, got {self.max_neurons}")
+        if self.growth < 2:
+            raise QnnRepairError(f"growth must be at least 2, got {self.growth}")
         if self.n_workers < 1:
             raise QnnRepairError(f"n_workers must be at least 1, got {self.n_workers}")
 

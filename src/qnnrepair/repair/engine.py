@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -88,36 +87,46 @@ class Repairer:
         self.timings_["localize"] = time.perf_counter() - start
         targets = self._targets(qmodel, repair_images, repair_labels)
 
-        current = qmodel.copy()
-        quant_val = accuracy(current.model, validation_images, validation_labels)
+        quant_val = accuracy(qmodel.model, validation_images, validation_labels)
         float_val = accuracy(qmodel.float_model, validation_images, validation_labels)
-        best = quant_val
+        best, best_model = quant_val, qmodel.copy()
         self.steps_: list[Step] = []
         self.changes_: list[NeuronChange] = []
+        self._cache: dict[tuple, lp.LPResult] = {}
         loop_start = time.perf_counter()
-        chunks = list(self._chunks(self.localizer_.ranking_))
-        bar = progress(chunks, show_progress, desc="repair")
-        for chunk in bar:
+        ranking = self.localizer_.ranking_[: cfg.max_neurons or None]
+        for n in progress(self.schedule(len(ranking)), show_progress, desc="repair"):
             if best >= float_val or self._out_of_time(loop_start):
                 break
             step_start = time.perf_counter()
-            candidate = current.copy()
-            changes, step = self._repair_chunk(candidate, chunk, repair_images, targets)
+            candidate, changes, step = self._candidate(qmodel, ranking[:n], repair_images,
+                                                       targets)
             step.validation_accuracy = accuracy(candidate.model, validation_images,
                                                 validation_labels)
             step.accepted = bool(changes) and step.validation_accuracy >= best
             step.seconds = time.perf_counter() - step_start
             self.steps_.append(step)
-            logger.info("neurons %s: validation %.2f%% (best %.2f%%) %s", chunk[0],
+            logger.info("top %d neurons: validation %.2f%% (best %.2f%%) %s", n,
                         step.validation_accuracy, best, "kept" if step.accepted else "rejected")
             if step.accepted:
-                current, best = candidate, step.validation_accuracy
-                self.changes_.extend(changes)
+                best, best_model, self.changes_ = step.validation_accuracy, candidate, changes
         self.timings_["repair_loop"] = time.perf_counter() - loop_start
         self.timings_["total"] = time.perf_counter() - start
-        self.repaired_ = current
+        self.repaired_ = best_model
         self.validation_accuracy_ = {"float": float_val, "quantized": quant_val, "repaired": best}
+        del self._cache
         return self
+
+    def schedule(self, n_neurons: int) -> list[int]:
+        """How many top neurons each candidate repairs: 1, g, g^2, ... and finally all of them
+        (geometric), or 1, 2, 3, ... (linear)."""
+        if self.config.schedule == "linear":
+            return list(range(1, n_neurons + 1))
+        sizes, n = [], 1
+        while n < n_neurons:
+            sizes.append(n)
+            n *= self.config.growth
+        return sizes + [n_neurons] if n_neurons else []
 
     def repair_layers(self, qmodel: QuantizedModel) -> list[str]:
         if self.config.layers == "last":
@@ -135,77 +144,100 @@ class Repairer:
         return {"label": target, "usable": float_ok,
                 "failing": float_ok & (quant_pred != target)}
 
-    def _chunks(self, ranking: list[Neuron]) -> Iterator[list[Neuron]]:
-        cfg = self.config
-        ranking = ranking[: cfg.max_neurons] if cfg.max_neurons else ranking
-        size, start = 1, 0
-        while start < len(ranking):
-            yield ranking[start:start + size]
-            start += size
-            if cfg.schedule == "doubling":
-                size *= 2
-
     def _out_of_time(self, loop_start: float) -> bool:
         budget = self.config.time_budget_s
         return budget is not None and time.perf_counter() - loop_start > budget
 
-    def _repair_chunk(self, candidate: QuantizedModel, chunk: list[Neuron],
-                      images: torch.Tensor, targets: dict) -> tuple[list[NeuronChange], Step]:
-        """Repair the chunk's neurons layer by layer in forward order, each layer's LPs built
-        from the inputs that the already repaired earlier layers give it."""
-        by_layer: dict[str, list[int]] = {}
-        for neuron in sorted(chunk, key=lambda n: (candidate.layers.index(n.layer), n.index)):
-            by_layer.setdefault(neuron.layer, []).append(neuron.index)
-        changes, results = [], []
-        for name, indices in by_layer.items():
-            rows = self.config.max_rows if name == candidate.layers[-1] else \
-                self.config.hidden_rows
-            record = record_layers(candidate, [name], images, rows, self.config.seed)[name]
-            jobs, owners = zip(*self._jobs(candidate, name, indices, record, targets))
-            # fork: workers need no re-import (torch data loaders do the same on Linux), and
-            # scripts without a __main__ guard keep working; the LP code uses no torch.
-            solved = lp.solve_many(jobs, n_workers=self.config.n_workers, mp_context="fork")
-            for (layer, neurons), result in zip(owners, solved):
-                if result.objective_rounded < result.objective_unchanged:
-                    changes += apply_result(candidate, layer, neurons, result)
-            results += solved
-        step = Step(chunk, float("nan"), False, len(results),
-                    [r.solve_seconds for r in results], [(r.n_rows, r.n_cols) for r in results])
-        return changes, step
+    def _candidate(self, qmodel: QuantizedModel, neurons: list[Neuron], images: torch.Tensor,
+                   targets: dict) -> tuple[QuantizedModel, list[NeuronChange], Step]:
+        """`qmodel` with `neurons` repaired layer by layer in forward order, each layer's LPs
+        built on the inputs that the repaired earlier layers give it.
 
-    def _jobs(self, qmodel, name, indices, record: LayerRecord, targets):
+        An LP depends only on its layer and on which neurons upstream were repaired, so its
+        solution is cached under that key and reused by every larger candidate.
+        """
+        candidate = qmodel.copy()
+        by_layer: dict[str, list[int]] = {}
+        for neuron in sorted(neurons, key=lambda n: (qmodel.layers.index(n.layer), n.index)):
+            by_layer.setdefault(neuron.layer, []).append(neuron.index)
+        changes, solved, upstream = [], [], frozenset()
+        for name, indices in by_layer.items():
+            jobs = list(self._jobs(candidate, name, indices, targets, images))
+            keys = [(name, tuple(owner), upstream) for _, owner in jobs]
+            missing = [(key, job) for key, (job, _) in zip(keys, jobs) if key not in self._cache]
+            if missing:
+                # fork: workers need no re-import (torch data loaders do the same on Linux),
+                # and scripts without a __main__ guard keep working; the LP code uses no torch.
+                results = lp.solve_many([job() for _, job in missing],
+                                        n_workers=self.config.n_workers, mp_context="fork")
+                self._cache.update(zip((key for key, _ in missing), results))
+                solved += results
+            for key in keys:
+                result = self._cache[key]
+                if result.objective_rounded < result.objective_unchanged:
+                    changes += apply_result(candidate, name, list(key[1]), result)
+            upstream = upstream | {(name, i) for i in indices}
+        step = Step(neurons, float("nan"), False, len(solved),
+                    [r.solve_seconds for r in solved], [(r.n_rows, r.n_cols) for r in solved])
+        return candidate, changes, step
+
+    def _jobs(self, qmodel, name, indices, targets, images):
+        """(make_problem, neuron indices) per LP of layer `name`. Problems are made lazily:
+        the layer is recorded (one forward pass) only if some LP is not cached."""
         cfg, layer = self.config, qmodel.layer(name)
-        rows = np.ones(len(record.image), dtype=bool)
-        if cfg.failing_only:
-            rows = targets["failing"][record.image]
+        is_output = name == qmodel.layers[-1]
+        n_rows = cfg.max_rows if is_output else cfg.hidden_rows
+        record = _Lazy(lambda: record_layers(qmodel, [name], images, n_rows, cfg.seed)[name])
         common = {"qmin": -layer.qmax, "qmax": layer.qmax, "norm": cfg.norm,
-                  "integer": cfg.integer, "time_limit": cfg.time_limit}
+                  "integer": cfg.integer, "time_limit": cfg.time_limit, "max_rows": n_rows}
         if cfg.lam is not None:
             common["lam"] = cfg.lam
         if cfg.kappa is not None:
             common["kappa"] = cfg.kappa
-        is_output = name == qmodel.layers[-1]
         weight = layer.weight_int.reshape(layer.out_features, -1).numpy().astype(np.int64)
         scale = layer.weight_scale.numpy().astype(np.float64)
         bias = layer.dequantized_bias().numpy().astype(np.float64)
+
+        def rows(r: LayerRecord) -> np.ndarray:
+            keep = targets["failing"][r.image] if cfg.failing_only else \
+                np.ones(len(r.image), bool)
+            return keep & targets["usable"][r.image] if is_output else keep
+
         if is_output and cfg.output_formulation == "margin":
-            keep = rows & targets["usable"][record.image]
-            yield lp.LPProblem("margin", dict(
-                features=record.inputs[keep], labels=targets["label"][record.image][keep],
-                weight_int=weight, weight_scale=scale, bias=bias, neurons=list(indices),
-                max_rows=cfg.max_rows, **common)), (name, list(indices))
+            def margin():
+                r = record()
+                keep = rows(r)
+                return lp.LPProblem("margin", dict(
+                    features=r.inputs[keep], labels=targets["label"][r.image][keep],
+                    weight_int=weight, weight_scale=scale, bias=bias, neurons=list(indices),
+                    **common))
+            yield margin, list(indices)
             return
         mode = cfg.output_formulation if is_output else cfg.hidden_formulation
         real = rounding_domain(qmodel, name) if cfg.weight_domain == "rounding" else None
         for c in indices:
-            bounds = None if real is None else (np.floor(real[c]) - weight[c],
-                                                np.ceil(real[c]) - weight[c])
-            yield lp.LPProblem("neuron", dict(
-                inputs=record.inputs[rows][:, record.columns(c)],
-                target=record.float_out[rows, c], weight_int=weight[c],
-                weight_scale=float(scale[c]), bias=float(bias[c]), mode=mode,
-                max_rows=cfg.max_rows if is_output else cfg.hidden_rows, delta_bounds=bounds,
-                **common)), (name, [c])
+            def neuron(c=c):
+                r = record()
+                keep = rows(r)
+                bounds = None if real is None else (np.floor(real[c]) - weight[c],
+                                                    np.ceil(real[c]) - weight[c])
+                return lp.LPProblem("neuron", dict(
+                    inputs=r.inputs[keep][:, r.columns(c)], target=r.float_out[keep, c],
+                    weight_int=weight[c], weight_scale=float(scale[c]), bias=float(bias[c]),
+                    mode=mode, delta_bounds=bounds, **common))
+            yield neuron, [c]
+
+
+class _Lazy:
+    """A value computed on first use."""
+
+    def __init__(self, make):
+        self.make, self.done, self.value = make, False, None
+
+    def __call__(self):
+        if not self.done:
+            self.value, self.done = self.make(), True
+        return self.value
 
 
 def rounding_domain(qmodel: QuantizedModel, name: str) -> np.ndarray:
