@@ -104,16 +104,31 @@ def _rows(layer, x_deq, float_out, quant_out, first_image, positions, generator)
     image = torch.arange(first_image, first_image + n)
     if not isinstance(layer, QuantConv2d):
         return x_deq, float_out, quant_out, image
-    patches = F.unfold(x_deq, layer.weight_int.shape[2:], layer.dilation, layer.padding,
-                       layer.stride)  # (n, groups * fan_in, L)
-    n_pos = patches.shape[2]
-    pick = torch.randint(n_pos, (n, min(positions, n_pos)), generator=generator)
+    out_h, out_w = quant_out.shape[2:]
+    pick = torch.randint(out_h * out_w, (n, min(positions, out_h * out_w)), generator=generator)
     rows = torch.arange(n)[:, None].expand_as(pick)
-    inputs = patches.permute(0, 2, 1)[rows, pick].reshape(-1, patches.shape[1])
+    inputs = patches_at(layer, x_deq, rows, pick // out_w, pick % out_w)
     flat_f, flat_q = float_out.flatten(2), quant_out.flatten(2)
     return (inputs, flat_f.permute(0, 2, 1)[rows, pick].reshape(-1, flat_f.shape[1]),
             flat_q.permute(0, 2, 1)[rows, pick].reshape(-1, flat_q.shape[1]),
             image[:, None].expand_as(pick).reshape(-1))
+
+
+def patches_at(layer: QuantConv2d, x: torch.Tensor, image: torch.Tensor, out_row: torch.Tensor,
+               out_col: torch.Tensor) -> torch.Tensor:
+    """The input patches of a few output positions, (positions, C * kh * kw) in F.unfold's
+    column order. Gathering only these is far cheaper than unfolding whole feature maps."""
+    kh, kw = layer.weight_int.shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(layer.stride), _pair(layer.padding),
+                                    _pair(layer.dilation))
+    padded = F.pad(x, (pw, pw, ph, ph))
+    taps = [padded[image, :, out_row * sh + i * dh, out_col * sw + j * dw]
+            for i in range(kh) for j in range(kw)]  # each (n, k, C)
+    return torch.stack(taps, dim=-1).reshape(image.numel(), -1)
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _join(layer, rows) -> LayerRecord:

@@ -187,7 +187,7 @@ class Repairer:
         cfg, layer = self.config, qmodel.layer(name)
         is_output = name == qmodel.layers[-1]
         n_rows = cfg.max_rows if is_output else cfg.hidden_rows
-        record = _Lazy(lambda: record_layers(qmodel, [name], images, n_rows, cfg.seed)[name])
+        record = _Lazy(lambda: record_subset(qmodel, name, images, n_rows, cfg.seed))
         common = {"qmin": -layer.qmax, "qmax": layer.qmax, "norm": cfg.norm,
                   "integer": cfg.integer, "time_limit": cfg.time_limit, "max_rows": n_rows}
         if cfg.lam is not None:
@@ -238,6 +238,18 @@ class _Lazy:
         if not self.done:
             self.value, self.done = self.make(), True
         return self.value
+
+
+def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_rows: int,
+                  seed: int) -> LayerRecord:
+    """Record layer `name` on `n_rows` images spread evenly over the repair set (one row
+    each), or on all of them when there are fewer: an LP never uses more rows, and the forward
+    passes are the slowest part of a repair."""
+    chosen = np.linspace(0, len(images) - 1, min(n_rows, len(images))).round().astype(np.int64)
+    chosen = np.unique(chosen)
+    record = record_layers(qmodel, [name], images[torch.from_numpy(chosen)], n_rows, seed)[name]
+    record.image = chosen[record.image]
+    return record
 
 
 def rounding_domain(qmodel: QuantizedModel, name: str) -> np.ndarray:

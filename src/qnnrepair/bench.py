@@ -1,0 +1,192 @@
+"""Side-by-side benchmark: every method on the same checkpoint, quantizer, images and test set.
+
+For each (model, setting) the RTN model is quantized once, every baseline starts from it (RTN
+with MSE clipping is quantized anew), and qnnrepair runs alone and on top of each baseline.
+Decisions see only the repair and validation images; the test set is evaluated afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from qnnrepair.baselines import get_baseline
+from qnnrepair.evaluation import accuracy
+from qnnrepair.pipeline import Workload
+from qnnrepair.progress import progress
+from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
+from qnnrepair.repair import Repairer, preset
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("repair", "validation", "test")
+BASELINE_METHODS = ("rtn", "rtn_mse", "bias_correction", "squant", "adaround",
+                    "least_squares_last_layer")
+REPAIR_METHODS = ("paper", "qnnrepair")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run. `on_top` lists the baselines that qnnrepair is also applied after."""
+
+    settings: tuple[str, ...] = ("w8a8", "w4a8", "w3a8", "w4a4")
+    methods: tuple[str, ...] = BASELINE_METHODS + REPAIR_METHODS
+    on_top: tuple[str, ...] = ("bias_correction", "squant", "adaround")
+    adaround_iters: int = 1000
+    repair_preset: str = "default"
+    seed: int = 0
+    baseline_params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Clock:
+    """Wall and CPU seconds (threads and finished worker processes) of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _accuracies(model, work: Workload) -> dict[str, float]:
+    return {s: accuracy(model, work.images(s), work.labels(s)) for s in SPLITS}
+
+
+def run_setting(work: Workload, setting: str, config: BenchConfig,
+                show_progress: bool = False) -> list[dict]:
+    """All methods for one model and one quantization setting; one row per method."""
+    rows: list[dict] = []
+    images = work.images("repair")
+    with _Clock() as clock:
+        rtn = quantize(work.model, QuantConfig.from_setting(setting), images,
+                       model_spec=work.model_spec, seed=config.seed)
+    base_cpu = clock.cpu
+    float_acc = _accuracies(rtn.float_model, work)
+    finished: dict[str, tuple[QuantizedModel, float]] = {}
+
+    def add(method: str, model: QuantizedModel, clock: _Clock, extra_cpu: float = 0.0) -> None:
+        rows.append({"model": work.model_spec, "setting": setting, "method": method,
+                     "float": float_acc, "result": _accuracies(model.model, work),
+                     "cpu_s": clock.cpu + extra_cpu, "wall_s": clock.wall})
+        logger.info("%s %s %s: test %.2f%%", work.model_spec, setting, method,
+                    rows[-1]["result"]["test"])
+
+    for method in progress(config.methods, show_progress, desc=f"{work.model_spec} {setting}"):
+        with _Clock() as clock:
+            model = _run_method(method, rtn, work, setting, config)
+        add(method, model, clock, extra_cpu=base_cpu)
+        finished[method] = (model, clock.cpu + base_cpu)
+    for baseline in config.on_top:
+        if baseline not in finished:
+            continue
+        model, cpu = finished[baseline]
+        with _Clock() as clock:
+            repaired = _repair(model, work, config)
+        add(f"{baseline}+qnnrepair", repaired, clock, extra_cpu=cpu)
+    return rows
+
+
+def _run_method(method: str, rtn: QuantizedModel, work: Workload, setting: str,
+                config: BenchConfig) -> QuantizedModel:
+    images = work.images("repair")
+    if method == "rtn_mse":
+        return quantize(work.model, QuantConfig.from_setting(setting, weight_clipping="mse"),
+                        images, model_spec=work.model_spec, seed=config.seed)
+    if method == "qnnrepair":
+        return _repair(rtn, work, config)
+    if method == "paper":
+        return _repair(rtn, work, replace(config, repair_preset="paper"))
+    params = dict(config.baseline_params.get(method, {}))
+    if method == "adaround":
+        params.setdefault("iters", config.adaround_iters)
+    return get_baseline(method)(rtn, images, seed=config.seed, **params)
+
+
+def _repair(model: QuantizedModel, work: Workload, config: BenchConfig) -> QuantizedModel:
+    repairer = Repairer(preset(config.repair_preset, seed=config.seed)).fit(
+        model, work.images("repair"), work.labels("repair"), work.images("validation"),
+        work.labels("validation"))
+    return repairer.repaired_
+
+
+def render_markdown(rows: list[dict], meta: dict) -> str:
+    """Summary (test accuracy per method and setting) and the full table per model."""
+    out = ["# Side-by-side benchmark", "", f"Command: `{meta['command']}`  ",
+           f"Machine: {meta['machine']}  ", f"Wall time of the whole run: {meta['wall_s']:.0f} s  ",
+           f"Splits: {meta['sizes']}, seed {meta['seed']}. Per-channel weights, first and last "
+           "layer at 8 bits, min-max activation ranges; every method starts from the same RTN "
+           "model (rtn_mse is quantized anew with MSE clipping). CPU seconds include the "
+           "quantization and, for X+qnnrepair, the baseline X. Accuracies in %.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        sub = [r for r in rows if r["model"] == model]
+        settings = list(dict.fromkeys(r["setting"] for r in sub))
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        cell = {(r["method"], r["setting"]): r for r in sub}
+        floats = {s: next(r["float"]["test"] for r in sub if r["setting"] == s)
+                  for s in settings}
+        out += [f"## {model}: test accuracy (CPU seconds)", "",
+                "| method | " + " | ".join(s.upper() for s in settings) + " |",
+                "|---|" + "---|" * len(settings),
+                "| float | " + " | ".join(f"{floats[s]:.2f}" for s in settings) + " |"]
+        for m in methods:
+            vals = [f"{cell[m, s]['result']['test']:.2f} ({cell[m, s]['cpu_s']:.0f})"
+                    if (m, s) in cell else "-" for s in settings]
+            out.append(f"| {m} | " + " | ".join(vals) + " |")
+        out += ["", f"### {model}: every split", "",
+                "| setting | method | repair | validation | test | CPU s | wall s |",
+                "|---|---|---|---|---|---|---|"]
+        for r in sub:
+            a = r["result"]
+            out.append(f"| {r['setting']} | {r['method']} | {a['repair']:.2f} | "
+                       f"{a['validation']:.2f} | {a['test']:.2f} | {r['cpu_s']:.1f} | "
+                       f"{r['wall_s']:.1f} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path) -> None:
+    """Test accuracy per method per setting, and test accuracy against CPU time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(len(models), 2, figsize=(14, 4.5 * len(models)), squeeze=False)
+    for (bars, scatter), model in zip(axes, models):
+        sub = [r for r in rows if r["model"] == model]
+        settings = list(dict.fromkeys(r["setting"] for r in sub))
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        width = 0.8 / len(methods)
+        for i, m in enumerate(methods):
+            ys = [next((r["result"]["test"] for r in sub if r["method"] == m
+                        and r["setting"] == s), float("nan")) for s in settings]
+            bars.bar([j + i * width for j in range(len(settings))], ys, width, label=m)
+            pts = [r for r in sub if r["method"] == m]
+            scatter.scatter([r["cpu_s"] for r in pts], [r["result"]["test"] for r in pts],
+                            label=m, s=25)
+        lows = [r["result"]["test"] for r in sub]
+        bars.set_ylim(max(0, min(lows) - 3), max(r["float"]["test"] for r in sub) + 1)
+        bars.set_xticks([j + 0.4 - width / 2 for j in range(len(settings))],
+                        [s.upper() for s in settings])
+        bars.set_ylabel("test accuracy %")
+        bars.set_title(f"{model}: test accuracy per method")
+        scatter.set_xscale("log")
+        scatter.set_xlabel("CPU seconds (log)")
+        scatter.set_ylabel("test accuracy %")
+        scatter.set_title(f"{model}: accuracy against CPU time (all settings)")
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
