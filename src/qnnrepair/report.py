@@ -62,12 +62,12 @@ class RepairReport:
         lines = [f"qnnrepair report: {self.model}, "
                  f"w{self.quant_config['weight_bits']}a{self.quant_config['act_bits']}, "
                  f"seed {self.seed}", ""]
-        lines.append(f"{'accuracy %':<12}" + "".join(f"{m:>11}" for m in MODELS))
+        lines.append(f"{'accuracy %':<20}" + "".join(f"{m:>11}" for m in MODELS))
         for split in SPLITS:
             if split in self.accuracy:
                 row = self.accuracy[split]
                 name = f"{split} ({self.sizes.get(split, '?')})"
-                lines.append(f"{name:<18}"[:18].ljust(12) + "".join(
+                lines.append(f"{name:<20}" + "".join(
                     f"{row.get(m, float('nan')):>11.2f}" for m in MODELS))
         lines += ["", "most suspicious neurons: " + ", ".join(
             f"{n} ({s:.3f})" for n, s in self.top_neurons[:8])]

@@ -23,7 +23,8 @@ class RepairConfig:
     sign constraints), the output layer `output_formulation`; `norm` is the penalty on the
     integer deltas, weighted by `lam`; `kappa` is the margin; `integer` solves a MILP with
     `time_limit` seconds instead of LP relaxation + rounding; `max_rows` caps the output-layer
-    LP, `hidden_rows` each hidden-neuron LP. `weight_domain` "rounding" lets a hidden weight
+    LP, `hidden_rows` each hidden-neuron LP; the "match" LP summarizes `summary_samples`
+    sampled positions into those rows (repair/summary.py), the "sign" LP uses raw rows. `weight_domain` "rounding" lets a hidden weight
     move only between the floor and the ceiling of its float value (the LP chooses rounding
     directions, as AdaRound does; measured better than the whole grid and 4x faster), "grid"
     anywhere on the integer grid.
@@ -46,6 +47,7 @@ class RepairConfig:
     time_limit: float | None = 10.0
     max_rows: int = 1000
     hidden_rows: int = 256
+    summary_samples: int = 8192
     weight_domain: str = "rounding"
     failing_only: bool = False
     schedule: str = "geometric"

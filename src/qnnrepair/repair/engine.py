@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from qnnrepair.quantization import QuantizedModel, batches
 from qnnrepair.repair import lp
 from qnnrepair.repair.activations import LayerRecord, record_layers
 from qnnrepair.repair.config import RepairConfig
+from qnnrepair.repair.summary import RowSummary
 
 logger = logging.getLogger(__name__)
 
@@ -163,14 +164,16 @@ class Repairer:
         changes, solved, upstream = [], [], frozenset()
         for name, indices in by_layer.items():
             jobs = list(self._jobs(candidate, name, indices, targets, images))
-            keys = [(name, tuple(owner), upstream) for _, owner in jobs]
-            missing = [(key, job) for key, (job, _) in zip(keys, jobs) if key not in self._cache]
+            keys = [(name, tuple(owner), upstream) for _, owner, _ in jobs]
+            missing = [(key, make, finish) for key, (make, _, finish) in zip(keys, jobs)
+                       if key not in self._cache]
             if missing:
                 # fork: workers need no re-import (torch data loaders do the same on Linux),
                 # and scripts without a __main__ guard keep working; the LP code uses no torch.
-                results = lp.solve_many([job() for _, job in missing],
+                results = lp.solve_many([make() for _, make, _ in missing],
                                         n_workers=self.config.n_workers, mp_context="fork")
-                self._cache.update(zip((key for key, _ in missing), results))
+                results = [finish(r) for (_, _, finish), r in zip(missing, results)]
+                self._cache.update(zip((key for key, _, _ in missing), results))
                 solved += results
             for key in keys:
                 result = self._cache[key]
@@ -182,12 +185,16 @@ class Repairer:
         return candidate, changes, step
 
     def _jobs(self, qmodel, name, indices, targets, images):
-        """(make_problem, neuron indices) per LP of layer `name`. Problems are made lazily:
-        the layer is recorded (one forward pass) only if some LP is not cached."""
+        """(make_problem, neuron indices, finish) per LP of layer `name`. Problems are made
+        lazily: the layer is recorded (one forward pass) only if some LP is not cached; `finish`
+        completes a solved LP's result (the bias of a summarized LP)."""
         cfg, layer = self.config, qmodel.layer(name)
         is_output = name == qmodel.layers[-1]
         n_rows = cfg.max_rows if is_output else cfg.hidden_rows
-        record = _Lazy(lambda: record_subset(qmodel, name, images, n_rows, cfg.seed))
+        summarize = cfg.hidden_formulation == "match" and not is_output
+        n_samples = cfg.summary_samples if summarize else n_rows
+        record = _Lazy(lambda: record_subset(qmodel, name, images, n_samples, cfg.seed,
+                                             max_images=n_rows))
         common = {"qmin": -layer.qmax, "qmax": layer.qmax, "norm": cfg.norm,
                   "integer": cfg.integer, "time_limit": cfg.time_limit, "max_rows": n_rows}
         if cfg.lam is not None:
@@ -211,10 +218,24 @@ class Repairer:
                     features=r.inputs[keep], labels=targets["label"][r.image][keep],
                     weight_int=weight, weight_scale=scale, bias=bias, neurons=list(indices),
                     **common))
-            yield margin, list(indices)
+            yield margin, list(indices), _same
             return
         mode = cfg.output_formulation if is_output else cfg.hidden_formulation
         real = rounding_domain(qmodel, name) if cfg.weight_domain == "rounding" else None
+        if summarize:
+            summaries: dict[int, RowSummary] = {}
+
+            def summary(c: int) -> RowSummary:
+                r = record()
+                cols = r.columns(c)
+                if cols.start not in summaries:  # one per group of a grouped conv
+                    summaries[cols.start] = RowSummary.of(r.inputs[:, cols], n_rows)
+                return summaries[cols.start]
+
+            for c in indices:
+                yield from self._summarized_job(record, summary, c, weight[c], float(scale[c]),
+                                                float(bias[c]), real, common)
+            return
         for c in indices:
             def neuron(c=c):
                 r = record()
@@ -225,7 +246,33 @@ class Repairer:
                     inputs=r.inputs[keep][:, r.columns(c)], target=r.float_out[keep, c],
                     weight_int=weight[c], weight_scale=float(scale[c]), bias=float(bias[c]),
                     mode=mode, delta_bounds=bounds, **common))
-            yield neuron, [c]
+            yield neuron, [c], _same
+
+    @staticmethod
+    def _summarized_job(record, summary, c, weight, scale, bias, real, common):
+        """The match LP of neuron c on the summary rows (see repair/summary.py)."""
+        bounds = None if real is None else (np.floor(real[c]) - weight, np.ceil(real[c]) - weight)
+        residual = _Lazy(lambda: record().float_out[:, c] - (
+            scale * (record().inputs[:, record().columns(c)] @ weight) + bias))
+
+        def make():
+            rows, z = summary(c).rows, summary(c).rhs(residual())
+            # a(d) - target = s A (q + d) + bias - target = s A d - z: pass target accordingly
+            target = scale * (rows @ weight) + bias + z
+            return lp.LPProblem("neuron", dict(
+                inputs=rows, target=target, weight_int=weight, weight_scale=scale, bias=bias,
+                mode="match", delta_bounds=bounds, fit_bias=False,
+                **{**common, "max_rows": len(rows)}))
+
+        def finish(result: lp.LPResult) -> lp.LPResult:
+            shift = scale * float(summary(c).mean @ result.delta_weight)
+            return replace(result, delta_bias=float(residual().mean()) - shift)
+
+        yield make, [c], finish
+
+
+def _same(result: lp.LPResult) -> lp.LPResult:
+    return result
 
 
 class _Lazy:
@@ -241,12 +288,12 @@ class _Lazy:
 
 
 def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_rows: int,
-                  seed: int) -> LayerRecord:
-    """Record layer `name` on `n_rows` images spread evenly over the repair set (one row
-    each), or on all of them when there are fewer: an LP never uses more rows, and the forward
-    passes are the slowest part of a repair."""
-    chosen = np.linspace(0, len(images) - 1, min(n_rows, len(images))).round().astype(np.int64)
-    chosen = np.unique(chosen)
+                  seed: int, max_images: int) -> LayerRecord:
+    """Record about `n_rows` rows of layer `name` from at most `max_images` images spread
+    evenly over the repair set: the forward passes are the slowest part of a repair, and a few
+    hundred images with several positions each cover the inputs well."""
+    n_images = min(max_images, len(images))
+    chosen = np.unique(np.linspace(0, len(images) - 1, n_images).round().astype(np.int64))
     record = record_layers(qmodel, [name], images[torch.from_numpy(chosen)], n_rows, seed)[name]
     record.image = chosen[record.image]
     return record
