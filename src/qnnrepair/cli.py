@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="repair the embedded ResNet-20 on embedded CIFAR-10 images")
-    p.add_argument("--setting", default="w4a4", help="quantization setting (default w4a4)")
+    p.add_argument("--setting", default="w3a8", help="quantization setting (default w3a8)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
