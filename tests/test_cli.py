@@ -114,3 +114,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, capsys, extra, n
 def test_missing_output_folder(files, capsys):
     code, _, err = run(capsys, "quantize", *common(files, "--output", str(files / "no" / "q.qnn")))
     assert code == 2 and "does not exist" in err
+
+
+def test_bench_writes_table_json_and_plot(files, capsys):
+    out = files / "results"
+    out.mkdir()
+    code, text, err = run(capsys, "bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}",
+                          "--data", str(files / "data.npz"), "--test-data",
+                          str(files / "data.npz"), "--settings", "w3a4", "--n-repair", "40",
+                          "--n-validation", "40", "--output", str(out))
+    assert code == 0, err
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    methods = {r["method"] for r in rows}
+    assert {"rtn", "squant", "adaround", "qnnrepair", "adaround+qnnrepair"} <= methods
+    assert (out / "bench.md").read_text().startswith("# Side-by-side benchmark")
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
