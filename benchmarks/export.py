@@ -105,7 +105,8 @@ def _meets_target(row: dict) -> bool:
 
 
 def _row(r: dict) -> str:
-    return (f"| {r['label']} | {r['setting']} | {r['optimization']} | {100 * r['agreement']:.2f} | {r['n_disagree']} "
+    return (f"| {r['label']} | {r['setting']} | {r['optimization']} "
+            f"| {100 * r['agreement']:.2f} | {r['n_disagree']} "
             f"| {r['sim_accuracy']:.2f} | {r['onnx_accuracy']:.2f} "
             f"| {r['max_abs_logit_diff']:.2e} | {r['mean_abs_logit_diff']:.1e} "
             f"| {r['size'] / 1024:.0f} KiB | {r['export_s']:.1f} | {r['check_s']:.1f} "

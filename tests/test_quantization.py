@@ -40,7 +40,8 @@ def test_simulation_equals_integer_arithmetic(setting, per_channel):
     for name in qmodel.layers:
         layer = qmodel.layer(name)
         inputs = {}
-        handle = layer.register_forward_pre_hook(lambda m, i: inputs.setdefault("x", i[0]))
+        handle = layer.register_forward_pre_hook(
+            lambda m, i, store=inputs: store.setdefault("x", i[0]))
         qmodel.model(x)
         handle.remove()
         got = layer(inputs["x"]).double()

@@ -20,9 +20,9 @@ logger = logging.getLogger("qnnrepair")
 
 # ---------------------------------------------------------------- shared options
 
-def _add_data(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+def _add_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", required=False, default=None if not model_required else None,
+    g.add_argument("--model",
                    help="zoo name (resnet20, resnet32, conv3, ...) or package.module:factory")
     g.add_argument("--weights", type=Path, help="float checkpoint (state dict) for --model")
     g.add_argument("--quantized", type=Path,
@@ -223,17 +223,27 @@ def cmd_repair(args) -> int:
     if args.output is None:
         raise QnnRepairError("--output is required: the repaired model file to write")
     _check_output_folder(args.output)
+    if args.report_html is not None:
+        _check_output_folder(args.report_html)
     workload, quantized = _workload(args)
     qmodel = _quantized(args, workload, quantized)
     result = run_repair(workload, qmodel.config, _repair_config(args), quantized=qmodel,
                         show_progress=args.progress)
     text = result.report.to_text()
+    page = None
+    if args.report_html is not None:
+        from qnnrepair.html_report import render_html
+
+        page = render_html(result.report)  # before any file is written
     save_quantized(result.repaired, args.output)
     write_text(_sidecar(args.output, ".report.json"), result.report.to_json())
     write_text(_sidecar(args.output, ".summary.txt"), text + "\n")
+    if page is not None:
+        write_text(args.report_html, page)
     print(text)
     print(f"\nwrote {args.output}, {_sidecar(args.output, '.report.json').name}, "
-          f"{_sidecar(args.output, '.summary.txt').name}")
+          f"{_sidecar(args.output, '.summary.txt').name}"
+          + (f", {args.report_html}" if page is not None else ""))
     return 0
 
 
@@ -363,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quant(p)
     _add_repair(p)
     p.add_argument("--output", type=Path, help="repaired model file to write (.qnn)")
+    p.add_argument("--report-html", type=Path, metavar="PATH",
+                   help="also write the report as one self-contained HTML page (plots, tables)")
     p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("bench", help="every method side by side on the same data; writes a "

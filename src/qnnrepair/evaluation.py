@@ -32,5 +32,6 @@ def per_class_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     out = []
     for k in range(num_classes):
         mask = labels == k
-        out.append(100.0 * (preds[mask] == k).double().mean().item() if mask.any() else float("nan"))
+        hits = (preds[mask] == k).double()
+        out.append(100.0 * hits.mean().item() if mask.any() else float("nan"))
     return out

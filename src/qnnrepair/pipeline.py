@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qnnrepair.errors import QnnRepairError
 from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make_splits, to_tensor
+from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import accuracy, per_class_accuracy
 from qnnrepair.models import ModelInfo, load_model, model_info
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
@@ -70,7 +70,8 @@ def probe_classes(model: nn.Module, model_spec: str, data: Dataset) -> int:
     except RuntimeError as err:
         raise QnnRepairError(f"model {model_spec} fails on images of shape "
                              f"{'x'.join(map(str, data.images.shape[1:]))}: "
-                             f"{str(err).splitlines()[0][:160]}; give images the model accepts") from None
+                             f"{str(err).splitlines()[0][:160]}; give images the model "
+                             "accepts") from None
     if logits.dim() != 2:
         raise QnnRepairError(f"model {model_spec} returns shape {tuple(logits.shape)}, "
                              "expected logits (batch, classes)")

@@ -51,7 +51,7 @@ def find_batchnorm_pairs(model: nn.Module, example_input: torch.Tensor) -> list[
 
 def fold_batchnorm(model: nn.Module, example_input: torch.Tensor
                    ) -> tuple[nn.Module, list[tuple[str, str]]]:
-    """A copy of `model` (eval mode) with every foldable BatchNorm folded and replaced by Identity."""
+    """A copy of `model` (eval mode), each foldable BatchNorm folded and replaced by Identity."""
     folded = copy.deepcopy(model).eval()
     pairs = find_batchnorm_pairs(folded, example_input)
     for layer_name, bn_name in pairs:

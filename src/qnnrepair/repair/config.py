@@ -24,10 +24,10 @@ class RepairConfig:
     integer deltas, weighted by `lam`; `kappa` is the margin; `integer` solves a MILP with
     `time_limit` seconds instead of LP relaxation + rounding; `max_rows` caps the output-layer
     LP, `hidden_rows` each hidden-neuron LP; the "match" LP summarizes `summary_samples`
-    sampled positions into those rows (repair/summary.py), the "sign" LP uses raw rows. `weight_domain` "rounding" lets a hidden weight
-    move only between the floor and the ceiling of its float value (the LP chooses rounding
-    directions, as AdaRound does; measured better than the whole grid and 4x faster), "grid"
-    anywhere on the integer grid.
+    sampled positions into those rows (repair/summary.py), the "sign" LP uses raw rows.
+    `weight_domain` "rounding" lets a hidden weight move only between the floor and the
+    ceiling of its float value (the LP chooses rounding directions, as AdaRound does; such LPs
+    solved about 4x faster at 576 weights x 256 rows), "grid" anywhere on the integer grid.
     Acceptance: candidate N repairs the top-N neurons of the ranking (from the quantized model,
     layer by layer), for N growing by `schedule` (geometric: 1, g, g^2, ..., all with
     g = `growth`; linear: 1, 2, 3, ...) up to `max_neurons`, within `time_budget_s`; a candidate

@@ -90,7 +90,8 @@ def new_highs() -> highspy.Highs:
 
 @dataclass(frozen=True)
 class SparseLP:
-    """minimize ``col_cost @ x`` s.t. ``row_lower <= A x <= row_upper``, ``col_lower <= x <= col_upper``.
+    """minimize ``col_cost @ x`` s.t. ``row_lower <= A x <= row_upper`` and
+    ``col_lower <= x <= col_upper``.
 
     ``A`` is given row-wise (CSR): the entries of row ``i`` are ``index[start[i]:start[i+1]]`` with
     values ``value[start[i]:start[i+1]]``. ``integer`` marks the columns that must be integral in
