@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_SHARED, RESULTS, Clock, command, machine, workload  # noqa: E402
+from common import DEFAULT_SHARED, RESULTS, Clock, command, machine, workload
 
-from qnnrepair.evaluation import accuracy  # noqa: E402
-from qnnrepair.quantization import QuantConfig, quantize  # noqa: E402
+from qnnrepair.evaluation import accuracy
+from qnnrepair.quantization import QuantConfig, quantize
 
 SETTINGS = ("w8a8", "w6a8", "w4a8", "w3a8", "w4a4", "w8a4")
 VARIANTS = [(True, "maxabs"), (True, "mse"), (False, "maxabs"), (False, "mse")]

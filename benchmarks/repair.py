@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload  # noqa: E402
+from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload
 
-from qnnrepair.baselines import get_baseline  # noqa: E402
-from qnnrepair.evaluation import accuracy  # noqa: E402
-from qnnrepair.localization import METRICS  # noqa: E402
-from qnnrepair.quantization import QuantConfig, quantize  # noqa: E402
-from qnnrepair.repair import Repairer, preset  # noqa: E402
+from qnnrepair.baselines import get_baseline
+from qnnrepair.evaluation import accuracy
+from qnnrepair.localization import METRICS
+from qnnrepair.quantization import QuantConfig, quantize
+from qnnrepair.repair import Repairer, preset
 
 SPLITS = ("repair", "validation", "test")
 
