@@ -20,3 +20,8 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# docs/report.png: the HTML report of a tiny repair, screenshot by headless Chromium
+.PHONY: report-png
+report-png: $(VENV)/.installed
+	QNNREPAIR_WRITE_SCREENSHOT=1 $(VENV)/bin/python -m pytest -q tests/test_html_report.py -k chromium

@@ -327,6 +327,8 @@ def _check_output_folder(output: Path) -> None:
     import os
 
     folder = output.parent if str(output.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise QnnRepairError(f"output folder {folder} is a file, not a folder: choose another path")
     if not folder.is_dir():
         raise QnnRepairError(f"output folder {folder} does not exist: create it first")
     if not os.access(folder, os.W_OK):

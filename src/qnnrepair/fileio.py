@@ -16,12 +16,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise QnnRepairError(f"output folder {folder} is a file, not a folder: choose another path")
     if not folder.is_dir():
         raise QnnRepairError(f"output folder {folder} does not exist: create it first")
     if not os.access(folder, os.W_OK):
         raise QnnRepairError(f"output folder {folder} is not writable: choose another path")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; outputs get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, target)

@@ -195,8 +195,8 @@ def _steps(report: RepairReport) -> str:
     rows = []
     for i, s in enumerate(report.steps, 1):
         sizes = s.get("lp_sizes", [])
-        size = (f"{min(r for r, _ in sizes)}–{max(r for r, _ in sizes)} × "
-                f"{min(c for _, c in sizes)}–{max(c for _, c in sizes)}") if sizes else "cached"
+        size = (f"{_span([r for r, _ in sizes])} × {_span([c for _, c in sizes])}"
+                if sizes else "all cached")
         kept = "kept" if s["accepted"] else "rejected"
         rows.append([_num(i), _num(len(s["neurons"])), _num(s["n_lps"]), _num(size),
                      _num(_pct(s["validation_accuracy"])),
@@ -249,6 +249,11 @@ def _finite(value) -> bool:
 
 def _pct(value) -> str:
     return f"{value:.2f}" if _finite(value) else "n/a"
+
+
+def _span(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
 def _value(value) -> str:

@@ -87,6 +87,9 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
     R and V come from `data`'s training split; T is `test_data`'s test split, or further
     images of `data` when no test data is given.
     """
+    if n_repair == 0:
+        raise QnnRepairError("the repair set is empty (n_repair 0): it calibrates the quantizer "
+                             "and drives localization and the LPs; draw at least one image")
     pool = load_dataset(data, split="train")
     test = load_dataset(test_data, split="test") if test_data is not None else None
     if model is None:

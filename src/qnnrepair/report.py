@@ -58,6 +58,17 @@ class RepairReport:
     def lp_seconds(self) -> list[float]:
         return [t for s in self.steps for t in s["lp_seconds"]]
 
+    def nothing_to_repair(self) -> str | None:
+        """Why no repair step ran, or None when some did."""
+        if self.steps:
+            return None
+        val = self.accuracy.get("validation", {})
+        quant, float_ = val.get("quantized", float("nan")), val.get("float", float("nan"))
+        if quant >= float_:
+            return ("the quantized model is already as accurate as the float model on the "
+                    f"validation set ({quant:.2f}% vs {float_:.2f}%)")
+        return "no repair step ran (time budget spent or no neuron to repair)"
+
     def to_text(self) -> str:
         lines = [f"qnnrepair report: {self.model}, "
                  f"w{self.quant_config['weight_bits']}a{self.quant_config['act_bits']}, "
@@ -71,6 +82,9 @@ class RepairReport:
                     f"{row.get(m, float('nan')):>11.2f}" for m in MODELS))
         lines += ["", "most suspicious neurons: " + ", ".join(
             f"{n} ({s:.3f})" for n, s in self.top_neurons[:8])]
+        if not self.steps:
+            lines.append(f"nothing to repair: {self.nothing_to_repair()}; the repaired model "
+                         "is the quantized model, unchanged")
         kept = [s for s in self.steps if s["accepted"]]
         lines.append(f"neurons changed: {len(self.changes)} "
                      f"({sum(c['weights_changed'] for c in self.changes)} weights, "

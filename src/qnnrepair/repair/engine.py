@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import accuracy, predict
 from qnnrepair.localization import SpectrumLocalizer
 from qnnrepair.neurons import Neuron
@@ -78,6 +79,7 @@ class Repairer:
             repair_labels: torch.Tensor, validation_images: torch.Tensor,
             validation_labels: torch.Tensor, show_progress: bool = False) -> Repairer:
         cfg, start = self.config, time.perf_counter()
+        check_validation_labels(validation_labels)
         self.timings_: dict[str, float] = {}
         layers = self.repair_layers(qmodel)
         self.localizer_ = SpectrumLocalizer(metric=cfg.metric, state_rule=cfg.state_rule,
@@ -269,6 +271,18 @@ class Repairer:
             return replace(result, delta_bias=float(residual().mean()) - shift)
 
         yield make, [c], finish
+
+
+def check_validation_labels(labels: torch.Tensor) -> None:
+    """Validation decides what a repair may keep. With fewer than two classes in it, a model
+    that predicts one class for everything would score 100% and be kept: refuse instead."""
+    classes = torch.unique(labels).tolist()
+    if len(classes) < 2:
+        what = "empty" if not classes else f"all of class {classes[0]}"
+        raise QnnRepairError(
+            f"the validation labels ({len(labels)} images) are {what}: validation could not "
+            "tell whether a repair harms the other classes; give data with at least two "
+            "classes (check the labels)")
 
 
 def _same(result: lp.LPResult) -> lp.LPResult:

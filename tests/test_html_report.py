@@ -1,0 +1,230 @@
+"""The HTML report: a real repair of a tiny model rendered to one self-contained page, its
+numbers, its escaping, and the page rendered in headless Chromium.
+
+QNNREPAIR_WRITE_SCREENSHOT=1 copies the Chromium screenshot of the report to docs/report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qnnrepair.cli import main
+from qnnrepair.data import to_tensor
+from qnnrepair.html_report import render_html
+from qnnrepair.report import MODELS, SPLITS, RepairReport
+from qnnrepair.testing import tiny_conv_net
+
+MODEL = "qnnrepair.testing:tiny_conv_net"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "report.png"
+WINDOW = (1280, 2400)
+
+
+def write_tiny_task(folder: Path, n: int = 240, label_noise: float = 0.1) -> None:
+    """data.npz and weights.pt for MODEL, on which a W3A4 repair finds failures and changes
+    neurons in under a second.
+
+    Images are one random colour each plus noise. The untrained tiny net's logits hardly move
+    with its input, so one class would win everywhere: its last layer is scaled 20x and
+    centred on these images, so that its predictions spread over the classes. Labels are the
+    float predictions with `label_noise` of them redrawn.
+    """
+    rng = np.random.default_rng(0)
+    level = rng.integers(0, 256, (n, 1, 1, 3))
+    images = np.clip(level + rng.normal(0, 30, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
+    net = tiny_conv_net()
+    inputs = to_tensor(images, (0.0,) * 3, (1.0,) * 3)
+    seen = []
+    hook = net.linear.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        net(inputs)
+        hook.remove()
+        net.linear.weight.mul_(20.0)
+        net.linear.bias.copy_(-(net.linear.weight @ seen[0].mean(0)))
+        labels = net(inputs).argmax(1).numpy()
+    redraw = rng.random(n) < label_noise
+    labels[redraw] = rng.integers(0, 4, redraw.sum())
+    np.savez(folder / "data.npz", x=images, y=labels)
+    torch.save(net.state_dict(), folder / "weights.pt")
+
+
+@pytest.fixture(scope="module")
+def repaired(tmp_path_factory):
+    """(folder, report dict from the JSON sidecar, HTML text) of one CLI repair."""
+    folder = tmp_path_factory.mktemp("html")
+    write_tiny_task(folder)
+    page = folder / "report.html"
+    code = main(["--no-progress", "repair", "--model", MODEL, "--weights",
+                 str(folder / "weights.pt"), "--data", str(folder / "data.npz"), "--setting",
+                 "w3a4", "--n-repair", "80", "--n-validation", "80", "--workers", "1",
+                 "--output", str(folder / "repaired.qnn"), "--report-html", str(page)])
+    assert code == 0
+    report = json.loads((folder / "repaired.report.json").read_text())
+    return folder, report, page.read_text(encoding="utf-8")
+
+
+def cells(page: str) -> list[str]:
+    """The text of every table cell."""
+    return [m.group(1) for m in re.finditer(r"<t[dh][^>]*>([^<]*)</t[dh]>", page)]
+
+
+def test_report_is_a_real_repair(repaired):
+    _, report, _ = repaired
+    # the fixture is only useful if the repair did something to show
+    print(report["accuracy"], len(report["changes"]), len(report["steps"]))
+    assert report["changes"] and report["steps"] and report["top_neurons"]
+    assert report["accuracy"]["validation"]["quantized"] < report["accuracy"]["validation"]["float"]
+
+
+def test_html_holds_the_numbers(repaired):
+    _, report, page = repaired
+    table = cells(page)
+    for split in SPLITS:
+        for model in MODELS:
+            assert f"{report['accuracy'][split][model]:.2f}" in table, (split, model)
+        assert str(report["sizes"][split]) in table
+    for neuron, score in report["top_neurons"]:
+        assert f">{neuron}<" in page and f"{neuron}: {score:.4g}" in page
+    for change in report["changes"]:
+        row = table.index(change["neuron"])
+        assert table[row + 2:row + 6] == [str(change["weights_changed"]), str(change["delta_l1"]),
+                                          str(change["delta_max"]), f"{change['bias_delta']:+d}"]
+    for model, values in report["per_class"].items():
+        for value in values:
+            assert (f"{value:.2f}" if math.isfinite(value) else "n/a") in table, model
+    assert f"{sum(s['n_lps'] for s in report['steps'])} LPs solved" in page
+    times = [1000 * t for s in report["steps"] for t in s["lp_seconds"]]
+    assert f"{max(times):.1f}" in table and f"{np.median(times):.1f}" in table
+    for rows, cols in {tuple(x) for s in report["steps"] for x in s["lp_sizes"]}:
+        assert f"{rows} × {cols}" in page
+    decisions = [c for c in table if c in ("kept", "rejected")]
+    assert decisions == ["kept" if s["accepted"] else "rejected" for s in report["steps"]]
+    for values in (report["quant_config"], report["repair_config"], report["versions"]):
+        for key, value in values.items():
+            assert key in table, key
+            assert (json.dumps(value) if isinstance(value, (list, dict)) else str(value)) in \
+                [c.replace("&quot;", '"') for c in table], key
+
+
+def test_html_is_self_contained(repaired):
+    _, _, page = repaired
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "http://" not in page and "https://" not in page
+    for pattern in (r"<script", r"<link", r"<img", r"<iframe", r"@import", r"url\(",
+                    r"\b(src|href)\s*="):
+        assert not re.search(pattern, page, re.IGNORECASE), pattern
+    assert page.count("<svg") == 4  # accuracy, ranking, per class, solve times
+
+
+def synthetic_report(**overrides) -> RepairReport:
+    fields = dict(
+        model="m", quant_config={"weight_bits": 4, "act_bits": 8}, repair_config={"metric": "x"},
+        seed=0, sizes={"repair": 10, "validation": 10, "test": 10},
+        accuracy={s: {"float": 90.0, "quantized": 80.0, "repaired": 85.0} for s in SPLITS},
+        top_neurons=[("fc[0]", 0.5)], changes=[], steps=[], timings={"total": 1.0},
+        versions={"qnnrepair": "0"}, per_class={})
+    return RepairReport(**{**fields, **overrides})
+
+
+def test_every_text_is_escaped():
+    evil = '<script>alert("x")</script>'
+    report = synthetic_report(
+        model=evil, quant_config={"weight_bits": evil, "act_bits": 8, "overrides": [[evil, 2]]},
+        repair_config={"metric": evil}, top_neurons=[(f"{evil}[3]", 1.0)],
+        changes=[{"neuron": f"{evil}[3]", "weights_changed": 1, "delta_l1": 1, "delta_max": 1,
+                  "bias_delta": 0, "status": evil, "solve_seconds": 0.1}],
+        steps=[{"neurons": [f"{evil}[3]"], "validation_accuracy": 85.0, "accepted": True,
+                "n_lps": 1, "lp_seconds": [0.1], "lp_sizes": [[3, 4]], "seconds": 0.2}],
+        versions={evil: evil}, timings={evil: 1.0})
+    page = render_html(report)
+    assert "<script" not in page and "alert(&quot;x&quot;)" in page
+
+
+def test_nothing_to_repair_and_missing_values():
+    report = synthetic_report(
+        accuracy={s: {"float": 90.0, "quantized": 90.0, "repaired": 90.0} for s in SPLITS},
+        per_class={m: [90.0, float("nan")] for m in MODELS})
+    page = render_html(report)
+    assert "Nothing to repair" in page and "unchanged" in page
+    assert "No neuron was changed" in page and "No LP was solved" in page
+    assert "n/a" in cells(page) and "nan" not in cells(page)
+
+
+def test_report_html_folder_is_checked_before_the_repair(tmp_path, capsys, monkeypatch):
+    write_tiny_task(tmp_path, n=120)
+    import qnnrepair.pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the repair ran before the output folder was checked")
+
+    monkeypatch.setattr(qnnrepair.pipeline, "run_repair", never)
+    code = main(["--no-progress", "repair", "--model", MODEL, "--weights",
+                 str(tmp_path / "weights.pt"), "--data", str(tmp_path / "data.npz"),
+                 "--n-repair", "40", "--n-validation", "40", "--output",
+                 str(tmp_path / "out.qnn"), "--report-html", str(tmp_path / "no" / "r.html")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("qnnrepair: error:") and "does not exist" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "weights.pt"]
+
+
+# ---------------------------------------------------------------- in a real browser
+
+def chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args,
+               page.resolve().as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_report_renders_in_headless_chromium(repaired, tmp_path):
+    write = os.environ.get("QNNREPAIR_WRITE_SCREENSHOT") == "1"
+    if not CHROMIUM.exists():
+        (pytest.fail if write else pytest.skip)(
+            f"needs {CHROMIUM} (apt-get install chromium); .ci/run installs it")
+    folder, report, _ = repaired
+    page = folder / "report.html"
+
+    dom = chromium(page, tmp_path / "profile-dom", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    text = dom.stdout
+    assert "<h1>qnnrepair report:" in text and text.count("<svg") == 4
+    for split in SPLITS:
+        for model in MODELS:
+            assert f">{report['accuracy'][split][model]:.2f}<" in text, (split, model)
+
+    shot = tmp_path / "shot.png"
+    result = chromium(page, tmp_path / "profile-shot", f"--screenshot={shot}",
+                      f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars")
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    assert "Uncaught" not in result.stderr
+    assert png_size(shot) == WINDOW
+
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        colors = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    # the plots were drawn: the bar colours of the three models are on the screen
+    for hex_color in ("#8c8c8c", "#e07b39", "#2f6fb0"):
+        rgb = tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+        assert rgb in colors, hex_color
+    if write:
+        shutil.copyfile(shot, SCREENSHOT)
