@@ -20,33 +20,9 @@ from qnnrepair.data import to_tensor
 from qnnrepair.evaluation import predict
 from qnnrepair.quantization import load_quantized
 from qnnrepair.repair.lp import solve_neuron_lp
-from qnnrepair.testing import tiny_conv_net
+from qnnrepair.testing import write_tiny_task
 
 MODEL = "qnnrepair.testing:tiny_conv_net"
-
-
-def write_tiny_task(folder: Path, n: int = 240, label_noise: float = 0.1) -> None:
-    """data.npz and weights.pt for MODEL on which W3A4 loses validation accuracy (same as in
-    test_html_report.py): one random colour per image plus noise; the untrained net's last
-    layer scaled 20x and centred so that its predictions spread over the classes; labels are
-    its predictions with `label_noise` of them redrawn."""
-    rng = np.random.default_rng(0)
-    level = rng.integers(0, 256, (n, 1, 1, 3))
-    images = np.clip(level + rng.normal(0, 30, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
-    net = tiny_conv_net()
-    inputs = to_tensor(images, (0.0,) * 3, (1.0,) * 3)
-    seen = []
-    hook = net.linear.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-    with torch.no_grad():
-        net(inputs)
-        hook.remove()
-        net.linear.weight.mul_(20.0)
-        net.linear.bias.copy_(-(net.linear.weight @ seen[0].mean(0)))
-        labels = net(inputs).argmax(1).numpy()
-    redraw = rng.random(n) < label_noise
-    labels[redraw] = rng.integers(0, 4, redraw.sum())
-    np.savez(folder / "data.npz", x=images, y=labels)
-    torch.save(net.state_dict(), folder / "weights.pt")
 
 
 @pytest.fixture()

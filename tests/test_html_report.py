@@ -16,46 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from qnnrepair.cli import main
-from qnnrepair.data import to_tensor
 from qnnrepair.html_report import render_html
 from qnnrepair.report import MODELS, SPLITS, RepairReport
-from qnnrepair.testing import tiny_conv_net
+from qnnrepair.testing import write_tiny_task
 
 MODEL = "qnnrepair.testing:tiny_conv_net"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "report.png"
 WINDOW = (1280, 2400)
-
-
-def write_tiny_task(folder: Path, n: int = 240, label_noise: float = 0.1) -> None:
-    """data.npz and weights.pt for MODEL, on which a W3A4 repair finds failures and changes
-    neurons in under a second.
-
-    Images are one random colour each plus noise. The untrained tiny net's logits hardly move
-    with its input, so one class would win everywhere: its last layer is scaled 20x and
-    centred on these images, so that its predictions spread over the classes. Labels are the
-    float predictions with `label_noise` of them redrawn.
-    """
-    rng = np.random.default_rng(0)
-    level = rng.integers(0, 256, (n, 1, 1, 3))
-    images = np.clip(level + rng.normal(0, 30, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
-    net = tiny_conv_net()
-    inputs = to_tensor(images, (0.0,) * 3, (1.0,) * 3)
-    seen = []
-    hook = net.linear.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-    with torch.no_grad():
-        net(inputs)
-        hook.remove()
-        net.linear.weight.mul_(20.0)
-        net.linear.bias.copy_(-(net.linear.weight @ seen[0].mean(0)))
-        labels = net(inputs).argmax(1).numpy()
-    redraw = rng.random(n) < label_noise
-    labels[redraw] = rng.integers(0, 4, redraw.sum())
-    np.savez(folder / "data.npz", x=images, y=labels)
-    torch.save(net.state_dict(), folder / "weights.pt")
 
 
 @pytest.fixture(scope="module")

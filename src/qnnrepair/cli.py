@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.fileio import check_output_folder
 
 logger = logging.getLogger("qnnrepair")
 
@@ -222,9 +223,9 @@ def cmd_repair(args) -> int:
 
     if args.output is None:
         raise QnnRepairError("--output is required: the repaired model file to write")
-    _check_output_folder(args.output)
+    check_output_folder(args.output)
     if args.report_html is not None:
-        _check_output_folder(args.report_html)
+        check_output_folder(args.report_html)
     workload, quantized = _workload(args)
     qmodel = _quantized(args, workload, quantized)
     result = run_repair(workload, qmodel.config, _repair_config(args), quantized=qmodel,
@@ -284,7 +285,7 @@ def cmd_bench(args) -> int:
     if not args.checkpoint or args.data is None or args.test_data is None:
         raise QnnRepairError("bench needs --checkpoint NAME=FILE (repeatable), --data and "
                              "--test-data")
-    _check_output_folder(args.output / "x")
+    check_output_folder(args.output / "x")
     models = [_name_and_path(item) for item in args.checkpoint]
     settings = tuple(args.settings or (("w4a8", "w4a4") if args.quick else
                                        ("w8a8", "w4a8", "w3a8", "w4a4")))
@@ -321,18 +322,6 @@ def _name_and_path(item: str) -> tuple[str, Path]:
     if not sep or not path:
         raise QnnRepairError(f"--checkpoint takes NAME=FILE, e.g. resnet20=ckpt.th; got {item!r}")
     return name, Path(path)
-
-
-def _check_output_folder(output: Path) -> None:
-    import os
-
-    folder = output.parent if str(output.parent) else Path(".")
-    if folder.exists() and not folder.is_dir():
-        raise QnnRepairError(f"output folder {folder} is a file, not a folder: choose another path")
-    if not folder.is_dir():
-        raise QnnRepairError(f"output folder {folder} does not exist: create it first")
-    if not os.access(folder, os.W_OK):
-        raise QnnRepairError(f"output folder {folder} is not writable: choose another path")
 
 
 # ---------------------------------------------------------------- entry point

@@ -11,9 +11,8 @@ from pathlib import Path
 from qnnrepair.errors import QnnRepairError
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """The folder `path` will be written in, after checking it can be: before long work."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if folder.exists() and not folder.is_dir():
@@ -22,6 +21,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise QnnRepairError(f"output folder {folder} does not exist: create it first")
     if not os.access(folder, os.W_OK):
         raise QnnRepairError(f"output folder {folder} is not writable: choose another path")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    folder = check_output_folder(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     umask = os.umask(0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,3 +68,36 @@ def trained_tiny_net(seed: int = 0, steps: int = 150) -> TinyConvNet:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+TINY_MODEL_SPEC = "qnnrepair.testing:tiny_conv_net"
+
+
+def write_tiny_task(folder: Path, n: int = 240, label_noise: float = 0.1) -> None:
+    """data.npz (uint8 8x8x3 images) and weights.pt for TINY_MODEL_SPEC, on which a W3A4 repair
+    finds failures and changes neurons in under a second: the CLI's tiny real task.
+
+    Images are one random colour each plus noise. The untrained tiny net's logits hardly move
+    with its input, so one class would win everywhere: its last layer is scaled 20x and
+    centred on these images, so that its predictions spread over the classes. Labels are the
+    float predictions with `label_noise` of them redrawn.
+    """
+    from qnnrepair.data import to_tensor
+
+    rng = np.random.default_rng(0)
+    level = rng.integers(0, 256, (n, 1, 1, 3))
+    images = np.clip(level + rng.normal(0, 30, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
+    net = tiny_conv_net()
+    inputs = to_tensor(images, (0.0,) * 3, (1.0,) * 3)
+    seen = []
+    hook = net.linear.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        net(inputs)
+        hook.remove()
+        net.linear.weight.mul_(20.0)
+        net.linear.bias.copy_(-(net.linear.weight @ seen[0].mean(0)))
+        labels = net(inputs).argmax(1).numpy()
+    redraw = rng.random(n) < label_noise
+    labels[redraw] = rng.integers(0, 4, redraw.sum())
+    np.savez(Path(folder) / "data.npz", x=images, y=labels)
+    torch.save(net.state_dict(), Path(folder) / "weights.pt")
