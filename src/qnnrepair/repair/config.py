@@ -31,7 +31,9 @@ class RepairConfig:
     Acceptance: candidate N repairs the top-N neurons of the ranking (from the quantized model,
     layer by layer), for N growing by `schedule` (geometric: 1, g, g^2, ..., all with
     g = `growth`; linear: 1, 2, 3, ...) up to `max_neurons`, within `time_budget_s`; a candidate
-    replaces the best one only if its validation accuracy is not lower.
+    replaces the best one only if its validation accuracy is not lower. `time_budget_s` is off
+    by default: a wall-clock budget makes the result depend on the machine's load (a run cut
+    short stops at a smaller N), and the same inputs and seed must give the same model.
     """
 
     metric: str = "ochiai"
@@ -53,7 +55,7 @@ class RepairConfig:
     schedule: str = "geometric"
     growth: int = 4
     max_neurons: int | None = None
-    time_budget_s: float | None = 100.0
+    time_budget_s: float | None = None
     n_workers: int = 2
     seed: int = 0
 
