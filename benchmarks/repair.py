@@ -91,7 +91,9 @@ def main() -> None:
 
 def render(rows: list[dict], meta: dict) -> str:
     out = [f"# Repair benchmark: CIFAR-10 {meta['model']}", "",
-           f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}  ",
+           "Rows are kept in repair.json across resumable invocations (each run skips the rows "
+           f"it finds); the last one was `{meta['command']}`; `python benchmarks/repair.py` "
+           "runs them all.  ", f"Machine: {meta['machine']}  ",
            f"Splits: repair {meta['sizes']['repair']} training images (also the calibration "
            f"set), validation {meta['sizes']['validation']} other training images, test "
            f"{meta['sizes']['test']} test images; seed {meta['seed']}. Per-channel weights, "
