@@ -12,6 +12,7 @@ chosen on it. Writes benchmarks/results/repair.json and repair.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,8 +44,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
     parser.add_argument("--name", default="repair", help="results file stem")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the Markdown table from the JSON rows")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.render:
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        (RESULTS / f"{args.name}.md").write_text(render(saved["rows"], saved["meta"]))
+        return
 
     work = workload(args.model, args.shared, seed=args.seed)
     rows = Rows(RESULTS / f"{args.name}.json", args.fresh)
