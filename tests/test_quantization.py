@@ -139,3 +139,21 @@ def test_bad_setting_is_a_one_line_error(bad):
 def test_config_round_trips_through_dict():
     config = QuantConfig.from_setting("w3a8", weight_clipping="mse").with_overrides({"a.b": (8, 8)})
     assert QuantConfig.from_dict(config.to_dict()) == config
+
+
+def test_save_load_round_trips_exactly(tmp_path):
+    from qnnrepair.quantization import load_quantized, save_quantized
+
+    model, x = tiny_conv_net(), example_inputs(32)
+    config = QuantConfig.from_setting("w3a4", weight_clipping="mse").with_overrides(
+        {"conv2": (5, 6)})
+    qmodel = quantize(model, config, x, model_spec="qnnrepair.testing:tiny_conv_net")
+    qmodel.layer("conv2").weight_int[0, 0, 0, 0] = 3  # a repaired integer survives too
+    save_quantized(qmodel, tmp_path / "q.qnn")
+    loaded = load_quantized(tmp_path / "q.qnn")
+    assert loaded.config == config and loaded.layers == qmodel.layers
+    for key, value in qmodel.integer_state().items():
+        assert torch.equal(loaded.integer_state()[key], value), key
+    assert torch.equal(loaded.model(x), qmodel.model(x))
+    assert torch.equal(loaded.float_model(x), qmodel.float_model(x))
+    assert [f.name for f in tmp_path.iterdir()] == ["q.qnn"], "temporary file left behind"
