@@ -20,7 +20,7 @@ from torch import nn
 
 from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make_splits, to_tensor
 from qnnrepair.errors import QnnRepairError
-from qnnrepair.evaluation import accuracy, per_class_accuracy
+from qnnrepair.evaluation import per_class_accuracy, predict
 from qnnrepair.models import ModelInfo, load_model, model_info
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
 from qnnrepair.repair import RepairConfig, Repairer
@@ -148,11 +148,12 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
                  timings: dict[str, float]) -> RepairReport:
     models = {"float": quantized.float_model, "quantized": quantized.model,
               "repaired": repairer.repaired_.model}
-    acc = {split: {name: accuracy(m, workload.images(split), workload.labels(split))
-                   for name, m in models.items()} for split in SPLIT_NAMES}
-    per_class = {name: per_class_accuracy(m, workload.images("test"), workload.labels("test"),
-                                          workload.info.num_classes)
-                 for name, m in models.items()}
+    preds = {(split, name): predict(m, workload.images(split))
+             for split in SPLIT_NAMES for name, m in models.items()}
+    acc = {split: {name: 100.0 * (preds[split, name] == workload.labels(split)).double()
+                   .mean().item() for name in models} for split in SPLIT_NAMES}
+    per_class = {name: per_class_accuracy(preds["test", name], workload.labels("test"),
+                                          workload.info.num_classes) for name in models}
     scores = repairer.localizer_.scores_
     top = [(str(n), float(scores[n.layer][n.index])) for n in repairer.localizer_.ranking_[:20]]
     return RepairReport(
