@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -276,6 +277,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    if args.model is None or args.train is None or args.test is None or args.out is None:
+        raise QnnRepairError("train needs --model NAME, --train DATA, --test DATA and --out FILE")
+    check_output_folder(args.out)
+    if args.device.startswith("cuda"):  # before torch starts CUDA: cuBLAS reads it then
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    from qnnrepair.training import TrainConfig, log_path, save_trained, train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, device=args.device)
+    result = train(args.model, args.train, args.test, config, num_classes=args.num_classes,
+                   show_progress=args.progress)
+    save_trained(result, args.out)
+    print(f"{args.model}: {config.epochs} epochs on {result.n_train} images, final test "
+          f"accuracy {result.test_accuracy:.2f}% ({result.n_test} images), total time "
+          f"{result.wall_s:.1f}s")
+    print(f"wrote {args.out}, {log_path(args.out).name}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from dataclasses import replace
 
@@ -389,6 +410,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the results (default benchmarks/results)")
     p.add_argument("--name", default="bench", help="file stem (default bench)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="train a zoo model from scratch (SGD, one-cycle, crop + "
+                       "flip); writes its state dict and a per-epoch log")
+    p.add_argument("--model", help="zoo name (conv3, conv5, vgg, resnet20, mobilenetv2, ...)")
+    p.add_argument("--train", "--data", dest="train", type=Path, help="training data")
+    p.add_argument("--test", "--test-data", dest="test", type=Path,
+                   help="test data, scored after every epoch")
+    p.add_argument("--out", "--output", dest="out", type=Path,
+                   help="weights file to write (state dict); the log goes beside it as "
+                   "NAME.log.jsonl")
+    p.add_argument("--epochs", type=int, default=30, help="default 30 (small models on a CPU)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05, help="peak one-cycle learning rate")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0,
+                   help="weights, shuffling and augmentation: same seed, same device, same weights")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N; CUDA runs with deterministic algorithms "
+                   "and CUBLAS_WORKSPACE_CONFIG=:4096:8")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="write a quantized model as ONNX QDQ; check it in ONNX "
                        "Runtime on the test split when --data is given")
