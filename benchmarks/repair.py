@@ -3,6 +3,7 @@ with empirical bias correction as the cheap reference.
 
     python benchmarks/repair.py                       # full run, resumes if interrupted
     python benchmarks/repair.py --settings w4a4 --metrics ochiai --presets default
+    python benchmarks/repair.py --name repair-ablation --presets default --set layers=all
 
 R = 1,000 CIFAR-10 training images (also the calibration set), V = 1,000 other training
 images, T = the 10,000 test images. T is evaluated after each method has finished; nothing is
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=sorted(METRICS))
     parser.add_argument("--presets", nargs="+", default=["default", "paper"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override repair settings (an ablation); rows are labelled with them")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
     parser.add_argument("--name", default="repair", help="results file stem")
     parser.add_argument("--render", action="store_true",
@@ -56,7 +59,9 @@ def main() -> None:
     work = workload(args.model, args.shared, seed=args.seed)
     rows = Rows(RESULTS / f"{args.name}.json", args.fresh)
     meta = {"command": command(), "machine": machine(), "model": args.model,
-            "sizes": {s: len(work.labels(s)) for s in SPLITS}, "seed": args.seed}
+            "sizes": {s: len(work.labels(s)) for s in SPLITS}, "seed": args.seed,
+            "name": args.name}
+    overrides = parse_overrides(args.set)
     float_acc = accuracies(work.model, work)
     for setting in args.settings:
         config = QuantConfig.from_setting(setting)
@@ -75,11 +80,12 @@ def main() -> None:
                       "wall_s": clock.wall, "cpu_s": clock.cpu}, meta)
             print(f"{setting} {method}: test {rows.rows[-1]['result']['test']:.2f}%", flush=True)
         quant_acc = quant_acc or rows.get(setting=setting, method="rtn")["quantized"]
-        for name in args.presets:
+        for base in args.presets:
+            name = base + "".join(f"[{k}={v}]" for k, v in overrides.items())
             for metric in args.metrics:
                 if rows.has(setting=setting, method=name, metric=metric):
                     continue
-                config_r = preset(name, metric=metric, seed=args.seed)
+                config_r = preset(base, **{"metric": metric, "seed": args.seed, **overrides})
                 with Clock() as clock:
                     repairer = Repairer(config_r).fit(
                         qmodel, work.images("repair"), work.labels("repair"),
@@ -96,11 +102,24 @@ def main() -> None:
     (RESULTS / f"{args.name}.md").write_text(render(rows.rows, meta))
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE pairs as RepairConfig fields, VALUE read as JSON where it parses (numbers,
+    true/false/null) and as a string otherwise."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def render(rows: list[dict], meta: dict) -> str:
     out = [f"# Repair benchmark: CIFAR-10 {meta['model']}", "",
-           "Rows are kept in repair.json across resumable invocations (each run skips the rows "
+           f"Rows are kept in {meta.get('name', 'repair')}.json across resumable invocations (each run skips the rows "
            f"it finds); the last one was `{meta['command']}`; `python benchmarks/repair.py` "
-           "runs them all.  ", f"Machine: {meta['machine']}  ",
+           "runs the default matrix.  ", f"Machine: {meta['machine']}  ",
            f"Splits: repair {meta['sizes']['repair']} training images (also the calibration "
            f"set), validation {meta['sizes']['validation']} other training images, test "
            f"{meta['sizes']['test']} test images; seed {meta['seed']}. Per-channel weights, "

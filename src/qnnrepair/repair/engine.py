@@ -193,10 +193,14 @@ class Repairer:
         cfg, layer = self.config, qmodel.layer(name)
         is_output = name == qmodel.layers[-1]
         n_rows = cfg.max_rows if is_output else cfg.hidden_rows
-        summarize = cfg.hidden_formulation == "match" and not is_output
-        n_samples = cfg.summary_samples if summarize else n_rows
-        record = _Lazy(lambda: record_subset(qmodel, name, images, n_samples, cfg.seed,
-                                             max_images=n_rows))
+        mode = cfg.output_formulation if is_output else cfg.hidden_formulation
+        summarize = mode == "match"
+        # A summary carries every sampled row, so it draws from the whole repair set (fewer
+        # images over-fitted at W4A4: validation 95.8 % from 256 images, 96.6 % from 1,000);
+        # raw-row LPs keep one image per row.
+        record = _Lazy(lambda: record_subset(
+            qmodel, name, images, cfg.summary_samples if summarize else n_rows, cfg.seed,
+            max_images=len(images) if summarize else n_rows))
         common = {"qmin": -layer.qmax, "qmax": layer.qmax, "norm": cfg.norm,
                   "integer": cfg.integer, "time_limit": cfg.time_limit, "max_rows": n_rows}
         if cfg.lam is not None:
@@ -222,7 +226,6 @@ class Repairer:
                     **common))
             yield margin, list(indices), _same
             return
-        mode = cfg.output_formulation if is_output else cfg.hidden_formulation
         real = rounding_domain(qmodel, name) if cfg.weight_domain == "rounding" else None
         if summarize:
             summaries: dict[int, RowSummary] = {}
