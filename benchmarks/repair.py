@@ -117,8 +117,9 @@ def parse_overrides(items: list[str]) -> dict:
 
 def render(rows: list[dict], meta: dict) -> str:
     out = [f"# Repair benchmark: CIFAR-10 {meta['model']}", "",
-           f"Rows are kept in {meta.get('name', 'repair')}.json across resumable invocations (each run skips the rows "
-           f"it finds); the last one was `{meta['command']}`; `python benchmarks/repair.py` "
+           f"Rows are kept in {meta.get('name', 'repair')}.json across resumable invocations "
+           f"(each run skips the rows it finds); the last one was `{meta['command']}`; "
+           "`python benchmarks/repair.py` "
            "runs the default matrix.  ", f"Machine: {meta['machine']}  ",
            f"Splits: repair {meta['sizes']['repair']} training images (also the calibration "
            f"set), validation {meta['sizes']['validation']} other training images, test "

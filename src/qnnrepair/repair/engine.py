@@ -120,6 +120,19 @@ class Repairer:
         del self._cache
         return self
 
+    def repair_neurons(self, qmodel: QuantizedModel, neurons: list[Neuron],
+                       repair_images: torch.Tensor, repair_labels: torch.Tensor
+                       ) -> tuple[QuantizedModel, list[NeuronChange], Step]:
+        """`qmodel` with exactly `neurons` repaired and no validation: the acceptance loop's
+        candidate for them, its changes, and its LP count and solve times. For experiments that
+        compare rankings at a fixed number of neurons; every LP is solved afresh."""
+        self._cache = {}
+        targets = self._targets(qmodel, repair_images, repair_labels)
+        try:
+            return self._candidate(qmodel, neurons, repair_images, targets)
+        finally:
+            del self._cache
+
     def schedule(self, n_neurons: int) -> list[int]:
         """How many top neurons each candidate repairs: 1, g, g^2, ... and finally all of them
         (geometric), or 1, 2, 3, ... (linear)."""
@@ -234,7 +247,7 @@ class Repairer:
                 r = record()
                 cols = r.columns(c)
                 if cols.start not in summaries:  # one per group of a grouped conv
-                    summaries[cols.start] = RowSummary.of(r.inputs[:, cols], n_rows)
+                    summaries[cols.start] = RowSummary.of(r.inputs[:, cols], n_rows, cfg.seed)
                 return summaries[cols.start]
 
             for c in indices:

@@ -1,0 +1,39 @@
+"""The LP row summary (repair/summary.py): exact for small fan-ins, randomized for large ones."""
+
+import numpy as np
+
+from qnnrepair.repair import summary
+from qnnrepair.repair.summary import RowSummary
+
+
+def _inputs(n=400, j=40, seed=0):
+    rng = np.random.default_rng(seed)
+    # decaying spectrum: the top directions are well separated
+    return rng.normal(size=(n, j)) * (0.7 ** np.arange(j)) + rng.normal(size=j)
+
+
+def test_full_summary_reproduces_the_least_squares_objective():
+    x = _inputs()
+    s = RowSummary.of(x, k=x.shape[1])
+    r = np.random.default_rng(1).normal(size=len(x))
+    u = np.random.default_rng(2).normal(size=x.shape[1])
+    centred_r = r - r.mean()
+    direct = np.mean((s.centred @ u - centred_r) ** 2)
+    summarized = np.sum((s.rows @ u - s.rhs(r)) ** 2)
+    # they differ by a constant independent of u: compare two choices of u
+    u2 = u * 0.5
+    direct2 = np.mean((s.centred @ u2 - centred_r) ** 2)
+    summarized2 = np.sum((s.rows @ u2 - s.rhs(r)) ** 2)
+    assert np.isclose(direct - direct2, summarized - summarized2, rtol=1e-8)
+
+
+def test_randomized_top_directions_match_the_full_eigendecomposition(monkeypatch):
+    x = _inputs()
+    exact = RowSummary.of(x, k=5)
+    monkeypatch.setattr(summary, "FULL_EIGEN_MAX_FAN_IN", 10)
+    fast = RowSummary.of(x, k=5, seed=3)
+    np.testing.assert_allclose(fast.sqrt_eig, exact.sqrt_eig, rtol=1e-6)
+    overlap = np.abs(np.sum(fast.directions * exact.directions, axis=0))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+    again = RowSummary.of(x, k=5, seed=3)
+    np.testing.assert_array_equal(again.rows, fast.rows)
