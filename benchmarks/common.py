@@ -17,13 +17,24 @@ RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_SHARED = ROOT.parent / "shared"
 
 
+def weights_path(model: str, shared: Path) -> Path:
+    """The CIFAR-10 float weights of a zoo model: shared/models (ResNet-20/32) or the project's
+    models/ folder (the models trained here, see models/README.md)."""
+    for path in (shared / "models" / f"cifar10-{model}.th",
+                 ROOT / "models" / f"cifar10-{model}.pt"):
+        if path.exists():
+            return path
+    raise SystemExit(f"no CIFAR-10 weights for {model} in {shared / 'models'} or "
+                     f"{ROOT / 'models'}")
+
+
 def workload(model: str, shared: Path, n_repair: int = 1000, n_validation: int = 1000,
              seed: int = 0, n_test: int | None = None):
-    """A CIFAR-10 checkpoint from shared/models; R and V from the 30k training images, T the
+    """A CIFAR-10 checkpoint (see weights_path); R and V from the 30k training images, T the
     10,000 test images (or their first n_test)."""
     from qnnrepair.pipeline import prepare
 
-    return prepare(model, shared / "models" / f"cifar10-{model}.th",
+    return prepare(model, weights_path(model, shared),
                    shared / "data" / "cifar10" / "train30k.npz",
                    shared / "data" / "cifar10" / "test.npz", n_repair=n_repair,
                    n_validation=n_validation, n_test=n_test, seed=seed)

@@ -1,0 +1,79 @@
+"""What every experiment script shares: the zoo workloads, the quantization setting per model,
+result files (resumable JSON rows, a Markdown table, a PNG plot) under
+benchmarks/results/experiments/.
+
+R and V are drawn from CIFAR-10 train30k, T is the 10,000 test images (evaluated after every
+decision has been made). Each model is quantized at the setting in SETTINGS: per-channel
+weights, first and last layer at 8 bits, the one with a clear accuracy drop for that model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload  # noqa: E402
+
+from qnnrepair.evaluation import accuracy  # noqa: E402
+from qnnrepair.localization import SpectrumLocalizer  # noqa: E402
+from qnnrepair.quantization import QuantConfig, QuantizedModel, batches, quantize  # noqa: E402
+
+OUT = RESULTS / "experiments"
+SPLITS = ("repair", "validation", "test")
+SETTINGS = {"conv3": "w3a8", "conv5": "w3a8", "vgg": "w3a8", "mobilenetv2": "w4a8",
+            "resnet20": "w3a8", "resnet32": "w3a8", "resnet44": "w3a8", "resnet56": "w3a8"}
+
+__all__ = ["DEFAULT_SHARED", "OUT", "SETTINGS", "SPLITS", "Clock", "Rows", "accuracies",
+           "header", "localize", "meta", "quantized", "results", "workload", "write"]
+
+
+def results(name: str, fresh: bool) -> Rows:
+    return Rows(OUT / f"{name}.json", fresh)
+
+
+def meta(**extra) -> dict:
+    torch.set_num_threads(2)
+    return {"command": command(), "machine": machine(), **extra}
+
+
+def quantized(work, model: str, images: torch.Tensor, setting: str | None = None,
+              **config) -> QuantizedModel:
+    return quantize(work.model, QuantConfig.from_setting(setting or SETTINGS[model], **config),
+                    images, model_spec=model, seed=work.seed)
+
+
+def accuracies(model, work, images: dict | None = None) -> dict[str, float]:
+    """Accuracy on R, V and T (or on the (images, labels) pairs given per split)."""
+    pairs = images or {s: (work.images(s), work.labels(s)) for s in SPLITS}
+    return {s: accuracy(model, x, y) for s, (x, y) in pairs.items()}
+
+
+def localize(qmodel: QuantizedModel, layers: list[str], images: torch.Tensor,
+             labels: torch.Tensor, metric: str, seed: int = 0) -> SpectrumLocalizer:
+    return SpectrumLocalizer(metric=metric, seed=seed).fit(
+        qmodel.float_model, qmodel.model, layers,
+        list(zip(batches(images, 250), batches(labels, 250))))
+
+
+def write(name: str, markdown: str, plot=None) -> None:
+    """The Markdown table, and the plot when matplotlib (the `bench` extra) is there."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.md").write_text(markdown)
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = plot(plt)
+        fig.tight_layout()
+        fig.savefig(OUT / f"{name}.png", dpi=110, format="png")
+        plt.close(fig)
+
+
+def header(title: str, m: dict, what: str) -> list[str]:
+    return [f"# {title}", "", what, "", f"Command: `{m['command']}`  ",
+            f"Machine: {m['machine']}", ""]
