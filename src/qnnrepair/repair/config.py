@@ -19,9 +19,8 @@ class RepairConfig:
     """Everything that decides what a repair does; serialized into every report.
 
     Localization: `metric`, `state_rule`, `oracle` rank the neurons of `layers` ("hidden" by
-    default: every layer but the output one; "all" adds the output layer's label-driven margin
-    LP, which over-fitted the repair set at W4A4 on ResNet-20: validation 95.0 % and test
-    87.70 % against 96.6 % and 89.17 % without it, and 90.02 % against 90.38 % test at W3A8).
+    default: every layer but the output one; "all" adds the output layer, whose label-driven
+    margin LP over-fitted the repair set at W4A4 on ResNet-20, see benchmarks/README.md).
     LP: hidden neurons use `hidden_formulation` (match the float pre-activation, or the paper's
     sign constraints), the output layer `output_formulation`; `norm` is the penalty on the
     integer deltas, weighted by `lam`; `kappa` is the margin; `integer` solves a MILP with
