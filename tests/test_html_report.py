@@ -37,6 +37,8 @@ def repaired(tmp_path_factory):
     code = main(["--no-progress", "repair", "--model", MODEL, "--weights",
                  str(folder / "weights.pt"), "--data", str(folder / "data.npz"), "--setting",
                  "w3a4", "--n-repair", "80", "--n-validation", "80", "--workers", "1",
+                 # the output layer too: on this tiny net the hidden-only default keeps nothing
+                 "--layers", "all",
                  "--output", str(folder / "repaired.qnn"), "--report-html", str(page)])
     assert code == 0
     report = json.loads((folder / "repaired.report.json").read_text())
