@@ -20,3 +20,29 @@ def test_patches_at_equal_unfold_columns():
         got = patches_at(layer, x, image, pos // out_w, pos % out_w)
         want = cols[image, :, pos]
         assert torch.equal(got, want), f"stride {stride} padding {padding} dilation {dilation}"
+
+
+def test_known_float_rows_skip_the_float_pass_and_change_nothing():
+    from qnnrepair.quantization import QuantConfig, quantize
+    from qnnrepair.repair.activations import record_layers
+    from qnnrepair.testing import example_inputs, tiny_conv_net
+
+    torch.manual_seed(0)
+    model = tiny_conv_net().eval()
+    images = example_inputs(12)
+    qmodel = quantize(model, QuantConfig.from_setting("w4a8"), images)
+    name = qmodel.layers[1]
+    full = record_layers(qmodel, [name], images, 40, seed=3)[name]
+    qmodel.layer(name).weight_int[0] += 1  # a repair changes the quantized model only
+    calls = []
+    handle = qmodel.float_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        reused = record_layers(qmodel, [name], images, 40, seed=3,
+                               float_out={name: full.float_out})[name]
+    finally:
+        handle.remove()
+    assert not calls
+    fresh = record_layers(qmodel, [name], images, 40, seed=3)[name]
+    for field in ("inputs", "float_out", "quant_out", "image"):
+        assert (getattr(reused, field) == getattr(fresh, field)).all(), field
+    assert (fresh.quant_out != full.quant_out).any()

@@ -96,6 +96,7 @@ class Repairer:
         self.steps_: list[Step] = []
         self.changes_: list[NeuronChange] = []
         self._cache: dict[tuple, lp.LPResult] = {}
+        self._float_rows: dict[str, np.ndarray] = {}
         loop_start = time.perf_counter()
         ranking = self.localizer_.ranking_[: cfg.max_neurons or None]
         for n in progress(self.schedule(len(ranking)), show_progress, desc="repair"):
@@ -117,7 +118,7 @@ class Repairer:
         self.timings_["total"] = time.perf_counter() - start
         self.repaired_ = best_model
         self.validation_accuracy_ = {"float": float_val, "quantized": quant_val, "repaired": best}
-        del self._cache
+        del self._cache, self._float_rows
         return self
 
     def repair_neurons(self, qmodel: QuantizedModel, neurons: list[Neuron],
@@ -126,12 +127,12 @@ class Repairer:
         """`qmodel` with exactly `neurons` repaired and no validation: the acceptance loop's
         candidate for them, its changes, and its LP count and solve times. For experiments that
         compare rankings at a fixed number of neurons; every LP is solved afresh."""
-        self._cache = {}
+        self._cache, self._float_rows = {}, {}
         targets = self._targets(qmodel, repair_images, repair_labels)
         try:
             return self._candidate(qmodel, neurons, repair_images, targets)
         finally:
-            del self._cache
+            del self._cache, self._float_rows
 
     def schedule(self, n_neurons: int) -> list[int]:
         """How many top neurons each candidate repairs: 1, g, g^2, ... and finally all of them
@@ -211,9 +212,15 @@ class Repairer:
         # A summary carries every sampled row, so it draws from the whole repair set (fewer
         # images over-fitted at W4A4: validation 95.8 % from 256 images, 96.6 % from 1,000);
         # raw-row LPs keep one image per row.
-        record = _Lazy(lambda: record_subset(
-            qmodel, name, images, cfg.summary_samples if summarize else n_rows, cfg.seed,
-            max_images=len(images) if summarize else n_rows))
+        def recorded() -> LayerRecord:
+            r = record_subset(qmodel, name, images,
+                              cfg.summary_samples if summarize else n_rows, cfg.seed,
+                              max_images=len(images) if summarize else n_rows,
+                              float_out=self._float_rows)
+            self._float_rows.setdefault(name, r.float_out)  # the float model never changes
+            return r
+
+        record = _Lazy(recorded)
         common = {"qmin": -layer.qmax, "qmax": layer.qmax, "norm": cfg.norm,
                   "integer": cfg.integer, "time_limit": cfg.time_limit, "max_rows": n_rows}
         if cfg.lam is not None:
@@ -318,13 +325,15 @@ class _Lazy:
 
 
 def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_rows: int,
-                  seed: int, max_images: int) -> LayerRecord:
+                  seed: int, max_images: int,
+                  float_out: dict[str, np.ndarray] | None = None) -> LayerRecord:
     """Record about `n_rows` rows of layer `name` from at most `max_images` images spread
     evenly over the repair set: the forward passes are the slowest part of a repair, and a few
     hundred images with several positions each cover the inputs well."""
     n_images = min(max_images, len(images))
     chosen = np.unique(np.linspace(0, len(images) - 1, n_images).round().astype(np.int64))
-    record = record_layers(qmodel, [name], images[torch.from_numpy(chosen)], n_rows, seed)[name]
+    record = record_layers(qmodel, [name], images[torch.from_numpy(chosen)], n_rows, seed,
+                           float_out=float_out)[name]
     record.image = chosen[record.image]
     return record
 
