@@ -9,6 +9,8 @@ weights, first and last layer at 8 bits, the one with a clear accuracy drop for 
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,7 +29,23 @@ SETTINGS = {"conv3": "w3a8", "conv5": "w3a8", "vgg": "w3a8", "mobilenetv2": "w4a
             "resnet20": "w3a8", "resnet32": "w3a8", "resnet44": "w3a8", "resnet56": "w3a8"}
 
 __all__ = ["DEFAULT_SHARED", "OUT", "SETTINGS", "SPLITS", "Clock", "Rows", "accuracies",
-           "header", "localize", "meta", "quantized", "results", "workload", "write"]
+           "arguments", "header", "localize", "meta", "quantized", "rerender", "results",
+           "workload", "write"]
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every experiment has: --shared, --fresh, --render."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
+    parser.add_argument("--render", action="store_true", help="only rewrite md/png from JSON")
+    return parser
+
+
+def rerender(name: str, render) -> None:
+    """--render: the table and plot again from the saved rows."""
+    saved = json.loads((OUT / f"{name}.json").read_text())
+    render(saved["rows"], saved["meta"])
 
 
 def results(name: str, fresh: bool) -> Rows:

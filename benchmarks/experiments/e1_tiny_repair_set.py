@@ -10,21 +10,17 @@ repaired with the default and the paper preset.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from _shared import (
-    DEFAULT_SHARED,
-    OUT,
     SETTINGS,
     Clock,
     accuracies,
+    arguments,
     header,
     meta,
     quantized,
+    rerender,
     results,
     workload,
     write,
@@ -36,16 +32,12 @@ NAME, MODEL = "e1_tiny_repair_set", "conv3"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser = arguments(__doc__)
     parser.add_argument("--draws", type=int, default=3, help="10-image repair sets (seeds)")
     parser.add_argument("--size", type=int, default=10)
-    parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
-        saved = json.loads((OUT / f"{NAME}.json").read_text())
-        return render(saved["rows"], saved["meta"])
+        return rerender(NAME, render)
     m = meta(model=MODEL, setting=SETTINGS[MODEL], size=args.size)
     rows = results(NAME, args.fresh)
     work = workload(MODEL, args.shared)

@@ -11,21 +11,17 @@ ranking alone decides what changes. Random is run with several seeds to show its
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 from _shared import (
-    DEFAULT_SHARED,
-    OUT,
     SETTINGS,
     Clock,
     accuracies,
+    arguments,
     header,
     localize,
     meta,
     quantized,
+    rerender,
     results,
     workload,
     write,
@@ -38,17 +34,13 @@ NAME = "e2_metrics"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser = arguments(__doc__)
     parser.add_argument("--models", nargs="+", default=["conv3", "conv5", "resnet20"])
     parser.add_argument("--neurons", nargs="+", type=int, default=[1, 5, 10, 50])
     parser.add_argument("--random-seeds", type=int, default=3)
-    parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
-        saved = json.loads((OUT / f"{NAME}.json").read_text())
-        return render(saved["rows"], saved["meta"])
+        return rerender(NAME, render)
     m = meta(neurons=args.neurons)
     rows = results(NAME, args.fresh)
     runs = [(metric, 0) for metric in sorted(METRICS) if metric != "random"] + \

@@ -11,21 +11,17 @@ the solve time is that of N neurons alone.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 from _shared import (
-    DEFAULT_SHARED,
-    OUT,
     SETTINGS,
     Clock,
     accuracies,
+    arguments,
     header,
     localize,
     meta,
     quantized,
+    rerender,
     results,
     workload,
     write,
@@ -38,16 +34,12 @@ NEURONS = [*range(1, 11), 16, 32, 64, 128, 256, 0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser = arguments(__doc__)
     parser.add_argument("--models", nargs="+", default=["resnet20", "conv3"])
     parser.add_argument("--neurons", nargs="+", type=int, default=NEURONS)
-    parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
-        saved = json.loads((OUT / f"{NAME}.json").read_text())
-        return render(saved["rows"], saved["meta"])
+        return rerender(NAME, render)
     m = meta()
     rows = results(NAME, args.fresh)
     for model in args.models:

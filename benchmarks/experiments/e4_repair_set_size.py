@@ -11,21 +11,17 @@ validation is 1,000 other training images, the same for every size.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from _shared import (
-    DEFAULT_SHARED,
-    OUT,
     SETTINGS,
     Clock,
     accuracies,
+    arguments,
     header,
     meta,
     quantized,
+    rerender,
     results,
     workload,
     write,
@@ -37,16 +33,12 @@ NAME, POOL, CALIBRATION = "e4_repair_set_size", 5000, 1000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser = arguments(__doc__)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 1000, 5000])
-    parser.add_argument("--fresh", action="store_true")
-    parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     if args.render:
-        saved = json.loads((OUT / f"{NAME}.json").read_text())
-        return render(saved["rows"], saved["meta"])
+        return rerender(NAME, render)
     m = meta(model=args.model, setting=SETTINGS[args.model])
     rows = results(NAME, args.fresh)
     work = workload(args.model, args.shared, n_repair=max(POOL, *args.sizes))
