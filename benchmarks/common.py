@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -65,7 +66,7 @@ def git_revision() -> str:
 
 
 def command() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT))
+    return "python " + shlex.join([str(Path(sys.argv[0]).relative_to(ROOT))
                                  if Path(sys.argv[0]).is_absolute() else sys.argv[0],
                                  *sys.argv[1:]])
 
