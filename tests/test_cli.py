@@ -9,7 +9,7 @@ import torch
 
 from qnnrepair.cli import main
 from qnnrepair.models import build_model
-from qnnrepair.testing import tiny_conv_net
+from qnnrepair.testing import tiny_conv_net, with_flags
 
 MODEL = "qnnrepair.testing:tiny_conv_net"
 
@@ -95,13 +95,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, capsys, extra, n
              y=rng.integers(0, 4, 120))
     np.savez(files / "labels.npz", x=rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8),
              y=rng.integers(0, 9, 120))
-    argv = common(files, "--output", str(files / "out.qnn"))
-    for i in range(0, len(extra), 2):  # replace or add each flag
-        flag, value = extra[i], extra[i + 1].format(d=files)
-        if flag in argv:
-            argv[argv.index(flag) + 1] = value
-        else:
-            argv += [flag, value]
+    argv = with_flags(common(files, "--output", str(files / "out.qnn")), extra, d=files)
     code, out, err = run(capsys, "quantize", *argv)
     assert code == 2
     lines = err.strip().splitlines()

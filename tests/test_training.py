@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from qnnrepair.cli import main
 from qnnrepair.data import Dataset, to_tensor
 from qnnrepair.models import CIFAR_MEAN, CIFAR_STD, load_model
+from qnnrepair.testing import with_flags
 from qnnrepair.training import (
     TrainConfig,
     augment,
@@ -216,13 +217,7 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(files, capsys, extra, needle):
     np.savez(files / "small.npz", x=np.zeros((64, 8, 8, 3), np.uint8), y=np.zeros(64, np.int64))
     before = {p.name: digest(p) for p in files.iterdir()}
-    argv = train_args(files)
-    for i in range(0, len(extra), 2):  # replace or add each flag
-        flag, value = extra[i], extra[i + 1].format(d=files)
-        if flag in argv:
-            argv[argv.index(flag) + 1] = value
-        else:
-            argv += [flag, value]
+    argv = with_flags(train_args(files), extra, d=files)
     code, _, err = run(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()

@@ -101,3 +101,16 @@ def write_tiny_task(folder: Path, n: int = 240, label_noise: float = 0.1) -> Non
     labels[redraw] = rng.integers(0, 4, redraw.sum())
     np.savez(Path(folder) / "data.npz", x=images, y=labels)
     torch.save(net.state_dict(), Path(folder) / "weights.pt")
+
+
+def with_flags(argv: list[str], extra: tuple[str, ...] | list[str], **fmt) -> list[str]:
+    """`argv` with each (flag, value) pair of `extra` replacing that flag's value, or added;
+    values are formatted with `fmt` (e.g. d=tmp_path). For bad-input CLI tests."""
+    argv = list(argv)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        value = value.format(**fmt)
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv
