@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,19 +39,9 @@ def workload(model: str, shared: Path, n_repair: int = 1000, n_validation: int =
 
 
 def machine() -> str:
-    from qnnrepair.report import versions
+    from qnnrepair.report import machine as describe
 
-    v = versions()
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-        cpu = model
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {torch.get_num_threads()} torch threads; python {v['python']}, torch "
-            f"{v['torch']}, highspy {v['highspy']}, numpy {v['numpy']}, qnnrepair "
-            f"{v['qnnrepair']} ({git_revision()})")
+    return f"{describe()} ({git_revision()})"
 
 
 def git_revision() -> str:

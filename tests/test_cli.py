@@ -110,16 +110,23 @@ def test_missing_output_folder(files, capsys):
     assert code == 2 and "does not exist" in err
 
 
-def test_bench_writes_table_json_and_plot(files, capsys):
+def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
     out = files / "results"
     out.mkdir()
-    code, text, err = run(capsys, "bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}",
-                          "--data", str(files / "data.npz"), "--test-data",
-                          str(files / "data.npz"), "--settings", "w3a4", "--n-repair", "40",
-                          "--n-validation", "40", "--output", str(out))
+    argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
+            str(files / "data.npz"), "--test-data", str(files / "data.npz"), "--settings", "w3a4",
+            "--n-repair", "40", "--n-validation", "40", "--output", str(out)]
+    code, text, err = run(capsys, *argv)
     assert code == 0, err
     rows = json.loads((out / "bench.json").read_text())["rows"]
     methods = {r["method"] for r in rows}
     assert {"rtn", "squant", "adaround", "qnnrepair", "adaround+qnnrepair"} <= methods
     assert (out / "bench.md").read_text().startswith("# Side-by-side benchmark")
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    before = digest(out / "bench.json")
+
+    code, text, err = run(capsys, *argv)  # every piece is there: nothing reruns
+    assert code == 0 and "nothing to run" in text, err
+    code, text, err = run(capsys, *argv[:-6], "--n-repair", "30", *argv[-4:])
+    assert code == 2 and "--fresh" in err and err.count("\n") == 1
+    assert digest(out / "bench.json") == before

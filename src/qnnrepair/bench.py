@@ -7,13 +7,17 @@ Decisions see only the repair and validation images; the test set is evaluated a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from qnnrepair.baselines import get_baseline
+from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import accuracy
+from qnnrepair.fileio import atomic_path
 from qnnrepair.pipeline import Workload
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
@@ -29,9 +33,9 @@ REPAIR_METHODS = ("paper", "qnnrepair")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to run. `on_top` lists the baselines that qnnrepair is also applied after."""
+    """What to run for each (model, setting). `on_top` lists the baselines that qnnrepair is
+    also applied after."""
 
-    settings: tuple[str, ...] = ("w8a8", "w4a8", "w3a8", "w4a4")
     methods: tuple[str, ...] = BASELINE_METHODS + REPAIR_METHODS
     on_top: tuple[str, ...] = ("bias_correction", "squant", "adaround")
     adaround_iters: int = 1000
@@ -41,6 +45,49 @@ class BenchConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class BenchRecord:
+    """The rows of one bench run, kept in <stem>.json and rewritten with the Markdown table and
+    the plot after every (model, setting), so that a long run can be split into invocations:
+    each skips the pieces it finds. `key` (config and splits) must match the file's."""
+
+    def __init__(self, stem: Path, key: dict, fresh: bool = False) -> None:
+        self.stem, self.key = stem, json.loads(json.dumps(key))  # tuples read back as lists
+        self.rows: list[dict] = []
+        self.pieces: list[dict] = []
+        path = stem.with_suffix(".json")
+        if fresh or not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        if saved["meta"].get("key") != self.key:
+            raise QnnRepairError(f"{path} holds a bench run with other settings; pass --fresh "
+                                 "to start it again or --name for a new file")
+        self.rows, self.pieces = saved["rows"], saved["meta"]["pieces"]
+
+    def done(self, model: str, setting: str) -> bool:
+        return any(r["model"] == model and r["setting"] == setting for r in self.rows)
+
+    def add(self, rows: list[dict], piece: dict) -> None:
+        """Append one (model, setting)'s rows; `piece` is this invocation's command and clock,
+        replaced as the invocation goes on."""
+        self.rows += rows
+        if not self.pieces or self.pieces[-1] is not piece:
+            self.pieces.append(piece)
+        self.write()
+
+    def meta(self) -> dict:
+        return {"key": self.key, "pieces": self.pieces,
+                "wall_s": sum(p["wall_s"] for p in self.pieces)}
+
+    def write(self) -> None:
+        meta = self.meta()
+        with atomic_path(self.stem.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=1))
+        with atomic_path(self.stem.with_suffix(".md")) as tmp:
+            tmp.write_text(render_markdown(self.rows, meta))
+        with atomic_path(self.stem.with_suffix(".png")) as tmp:
+            plot(self.rows, tmp)
 
 
 class _Clock:
@@ -122,12 +169,17 @@ def _repair(model: QuantizedModel, work: Workload, config: BenchConfig) -> Quant
 
 def render_markdown(rows: list[dict], meta: dict) -> str:
     """Summary (test accuracy per method and setting) and the full table per model."""
-    out = ["# Side-by-side benchmark", "", f"Command: `{meta['command']}`  ",
-           f"Machine: {meta['machine']}  ", f"Wall time of the whole run: {meta['wall_s']:.0f} s  ",
-           f"Splits: {meta['sizes']}, seed {meta['seed']}. Per-channel weights, first and last "
-           "layer at 8 bits, min-max activation ranges; every method starts from the same RTN "
-           "model (rtn_mse is quantized anew with MSE clipping). CPU seconds include the "
-           "quantization and, for X+qnnrepair, the baseline X. Accuracies in %.", ""]
+    key = meta["key"]
+    out = ["# Side-by-side benchmark", "",
+           f"Wall time of the whole run: {meta['wall_s']:.0f} s, in {len(meta['pieces'])} "
+           "invocation(s), each skipping the (model, setting) pieces already done:", ""]
+    out += [f"- `{p['command']}` ({p['wall_s']:.0f} s: {', '.join(p['done'])}) on "
+            f"{p['machine']}" for p in meta["pieces"]]
+    out += ["", f"Splits: {key['sizes']}, seed {key['seed']}; AdaRound "
+            f"{key['config']['adaround_iters']} iterations per layer. Per-channel weights, first "
+            "and last layer at 8 bits, min-max activation ranges; every method starts from the "
+            "same RTN model (rtn_mse is quantized anew with MSE clipping). CPU seconds include "
+            "the quantization and, for X+qnnrepair, the baseline X. Accuracies in %.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
         settings = list(dict.fromkeys(r["setting"] for r in sub))

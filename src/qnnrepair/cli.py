@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -300,10 +301,9 @@ def cmd_train(args) -> int:
 def cmd_bench(args) -> int:
     from dataclasses import replace
 
-    from qnnrepair.bench import BenchConfig, plot, render_markdown, run_setting
-    from qnnrepair.fileio import atomic_path
+    from qnnrepair.bench import BenchConfig, BenchRecord, run_setting
     from qnnrepair.pipeline import prepare
-    from qnnrepair.report import versions
+    from qnnrepair.report import machine
 
     if not args.checkpoint or args.data is None or args.test_data is None:
         raise QnnRepairError("bench needs --checkpoint NAME=FILE (repeatable), --data and "
@@ -312,33 +312,35 @@ def cmd_bench(args) -> int:
     models = [_name_and_path(item) for item in args.checkpoint]
     settings = tuple(args.settings or (("w4a4",) if args.quick else
                                        ("w8a8", "w4a8", "w3a8", "w4a4")))
-    config = BenchConfig(settings=settings, adaround_iters=200 if args.quick else 1000,
-                         seed=args.seed)
+    config = BenchConfig(adaround_iters=200 if args.quick else 1000, seed=args.seed)
     if args.quick:  # the paper preset's MILPs take as long as the rest together
         config = replace(config, methods=tuple(m for m in config.methods if m != "paper"))
     n_test = args.n_test or (2000 if args.quick else None)
-    start, rows = time.perf_counter(), []
+    key = {"config": config.to_dict(), "seed": args.seed, "sizes": {
+        "repair": args.n_repair, "validation": args.n_validation, "test": n_test or "all"}}
+    record = BenchRecord(args.output / args.name, key, fresh=args.fresh)
+    piece = {"command": shlex.join(["qnnrepair", *args.argv]), "machine": machine(),
+             "wall_s": 0.0, "done": []}
+    start = time.perf_counter()
     for model, weights in models:
+        todo = [s for s in settings if not record.done(model, s)]
+        if not todo:
+            continue
         workload = prepare(model, weights, args.data, args.test_data, n_repair=args.n_repair,
                            n_validation=args.n_validation, n_test=n_test, seed=args.seed)
-        for setting in settings:
-            rows += run_setting(workload, setting, config, show_progress=args.progress)
+        for setting in todo:
+            rows = run_setting(workload, setting, config, show_progress=args.progress)
+            piece["done"].append(f"{model} {setting}")
+            piece["wall_s"] = time.perf_counter() - start
+            record.add(rows, piece)
             print(f"{model} {setting}: " + ", ".join(
-                f"{r['method']} {r['result']['test']:.2f}" for r in rows
-                if r["model"] == model and r["setting"] == setting), flush=True)
-    meta = {"command": "qnnrepair " + " ".join(sys.argv[1:]), "config": config.to_dict(),
-            "machine": " ".join(f"{k} {v}" for k, v in versions().items()),
-            "wall_s": time.perf_counter() - start, "seed": args.seed,
-            "sizes": {"repair": args.n_repair, "validation": args.n_validation,
-                      "test": n_test or "all"}}
-    stem = args.output / args.name
-    with atomic_path(stem.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    with atomic_path(stem.with_suffix(".md")) as tmp:
-        tmp.write_text(render_markdown(rows, meta))
-    with atomic_path(stem.with_suffix(".png")) as tmp:
-        plot(rows, tmp)
-    print(f"wrote {stem}.md, .json, .png in {meta['wall_s']:.0f}s")
+                f"{r['method']} {r['result']['test']:.2f}" for r in rows), flush=True)
+    if not piece["done"]:
+        print(f"nothing to run: {args.output / args.name}.json has every model and setting "
+              "asked for (--fresh runs them again)")
+        return 0
+    print(f"wrote {args.output / args.name}.md, .json, .png; this run {piece['wall_s']:.0f}s, "
+          f"all runs {record.meta()['wall_s']:.0f}s")
     return 0
 
 
@@ -409,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("benchmarks/results"),
                    help="folder for the results (default benchmarks/results)")
     p.add_argument("--name", default="bench", help="file stem (default bench)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start again; by default a run skips the (model, setting) pieces "
+                   "already in <name>.json, so a long matrix can be split into invocations")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train a zoo model from scratch (SGD, one-cycle, crop + "
@@ -441,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded by bench beside its results
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

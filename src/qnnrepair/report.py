@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,22 @@ def versions() -> dict[str, str]:
     return {"qnnrepair": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "highspy": highs, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.system()}"}
+
+
+def machine() -> str:
+    """CPU model, torch threads and library versions: what a timing needs beside it."""
+    import torch
+
+    v = versions()
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads; python "
+            f"{v['python']}, torch {v['torch']}, highspy {v['highspy']}, numpy {v['numpy']}, "
+            f"qnnrepair {v['qnnrepair']}")
 
 
 @dataclass
