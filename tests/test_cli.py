@@ -130,3 +130,42 @@ def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
     code, text, err = run(capsys, *argv[:-6], "--n-repair", "30", *argv[-4:])
     assert code == 2 and "--fresh" in err and err.count("\n") == 1
     assert digest(out / "bench.json") == before
+
+
+def test_bench_runs_split_into_files_merge_into_one_table(files, capsys):
+    out = files / "results"
+    out.mkdir()
+    argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
+            str(files / "data.npz"), "--test-data", str(files / "data.npz"), "--n-repair", "40",
+            "--n-validation", "40", "--output", str(out)]
+    for setting in ("w3a4", "w4a4"):
+        code, _, err = run(capsys, *argv, "--settings", setting, "--name", setting)
+        assert code == 0, err
+    parts = [out / "w3a4.json", out / "w4a4.json"]
+    before = [digest(p) for p in parts]
+
+    code, text, err = run(capsys, "bench", "--output", str(out), "--merge", *map(str, parts))
+    assert code == 0, err
+    merged = json.loads((out / "bench.json").read_text())
+    runs = [json.loads(p.read_text()) for p in parts]
+    assert merged["rows"] == runs[0]["rows"] + runs[1]["rows"]
+    assert [p["command"] for p in merged["meta"]["pieces"]] == [
+        r["meta"]["pieces"][0]["command"] for r in runs]
+    header = next(line for line in (out / "bench.md").read_text().splitlines()
+                  if line.startswith("| method |"))
+    assert "W3A4" in header and "W4A4" in header
+    assert [digest(p) for p in parts] == before
+
+    reseeded = json.loads(parts[1].read_text())
+    reseeded["meta"]["key"]["seed"] = 1
+    (files / "seed1.json").write_text(json.dumps(reseeded))
+    for bad, needle in [([parts[0], parts[0]], "repeats"), ([parts[0], files / "x.json"],
+                        "cannot read"), ([parts[0], files / "data.npz"], "not a bench"),
+                        ([parts[0], files / "seed1.json"], "other settings")]:
+        code, _, err = run(capsys, "bench", "--output", str(out), "--name", "bad", "--merge",
+                           *map(str, bad))
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+        assert not (out / "bad.json").exists()
+    code, _, err = run(capsys, "bench", "--output", str(out), "--name", "w3a4", "--merge",
+                       *map(str, parts))
+    assert code == 2 and "overwrite" in err and [digest(p) for p in parts] == before

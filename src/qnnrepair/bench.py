@@ -65,6 +65,27 @@ class BenchRecord:
                                  "to start it again or --name for a new file")
         self.rows, self.pieces = saved["rows"], saved["meta"]["pieces"]
 
+    @classmethod
+    def merged(cls, paths: list[Path], stem: Path) -> BenchRecord:
+        """One record from runs split over processes or machines (each its own file): same key,
+        no (model, setting) twice. The inputs are read, never written."""
+        if stem.with_suffix(".json").resolve() in {p.resolve() for p in paths}:
+            raise QnnRepairError(f"--merge would overwrite its input {stem}.json; pick another "
+                                 "--name")
+        saved = [_read_run(path) for path in paths]
+        record = cls(stem, saved[0]["meta"]["key"], fresh=True)
+        for path, run in zip(paths, saved):
+            if run["meta"]["key"] != record.key:
+                raise QnnRepairError(f"{path} ran with other settings than {paths[0]}; only runs "
+                                     "of the same config, seed and sizes merge")
+            clash = next((r for r in run["rows"] if record.done(r["model"], r["setting"])), None)
+            if clash:
+                raise QnnRepairError(f"{path} repeats {clash['model']} {clash['setting']}; "
+                                     "merge runs of different (model, setting) pieces")
+            record.rows += run["rows"]
+            record.pieces += run["meta"]["pieces"]
+        return record
+
     def done(self, model: str, setting: str) -> bool:
         return any(r["model"] == model and r["setting"] == setting for r in self.rows)
 
@@ -88,6 +109,21 @@ class BenchRecord:
             tmp.write_text(render_markdown(self.rows, meta))
         with atomic_path(self.stem.with_suffix(".png")) as tmp:
             plot(self.rows, tmp)
+
+
+def _read_run(path: Path) -> dict:
+    """A bench .json file, checked for the parts that merging uses."""
+    hint = "--merge takes the .json files that bench wrote"
+    try:
+        run = json.loads(path.read_text())
+    except OSError as err:
+        raise QnnRepairError(f"cannot read {path} ({err.strerror}); {hint}") from None
+    except ValueError:
+        run = None
+    meta = run.get("meta") if isinstance(run, dict) else None
+    if not (isinstance(meta, dict) and {"key", "pieces"} <= meta.keys() and "rows" in run):
+        raise QnnRepairError(f"{path} is not a bench results file; {hint}")
+    return run
 
 
 class _Clock:

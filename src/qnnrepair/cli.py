@@ -305,10 +305,16 @@ def cmd_bench(args) -> int:
     from qnnrepair.pipeline import prepare
     from qnnrepair.report import machine
 
+    check_output_folder(args.output / "x")
+    if args.merge:
+        record = BenchRecord.merged(args.merge, args.output / args.name)
+        record.write()
+        print(f"wrote {args.output / args.name}.md, .json, .png: {len(record.rows)} rows from "
+              f"{len(args.merge)} runs")
+        return 0
     if not args.checkpoint or args.data is None or args.test_data is None:
         raise QnnRepairError("bench needs --checkpoint NAME=FILE (repeatable), --data and "
                              "--test-data")
-    check_output_folder(args.output / "x")
     models = [_name_and_path(item) for item in args.checkpoint]
     settings = tuple(args.settings or (("w4a4",) if args.quick else
                                        ("w8a8", "w4a8", "w3a8", "w4a4")))
@@ -416,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start again; by default a run skips the (model, setting) pieces "
                    "already in <name>.json, so a long matrix can be split into invocations")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="write one table from runs split into files (e.g. one model per "
+                   "process, each with its own --name); runs nothing")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train a zoo model from scratch (SGD, one-cycle, crop + "
