@@ -207,8 +207,9 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
     """Summary (test accuracy per method and setting) and the full table per model."""
     key = meta["key"]
     out = ["# Side-by-side benchmark", "",
-           f"Wall time of the whole run: {meta['wall_s']:.0f} s, in {len(meta['pieces'])} "
-           "invocation(s), each skipping the (model, setting) pieces already done:", ""]
+           f"Wall time summed over {len(meta['pieces'])} invocation(s): {meta['wall_s']:.0f} s "
+           "(invocations run side by side overlap; each skipped the (model, setting) pieces "
+           "already done):", ""]
     out += [f"- `{p['command']}` ({p['wall_s']:.0f} s: {', '.join(p['done'])}) on "
             f"{p['machine']}" for p in meta["pieces"]]
     out += ["", f"Splits: {key['sizes']}, seed {key['seed']}; AdaRound "
