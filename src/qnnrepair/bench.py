@@ -258,13 +258,15 @@ def plot(rows: list[dict], path) -> None:
         settings = list(dict.fromkeys(r["setting"] for r in sub))
         methods = list(dict.fromkeys(r["method"] for r in sub))
         width = 0.8 / len(methods)
+        colors = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10
         for i, m in enumerate(methods):
             ys = [next((r["result"]["test"] for r in sub if r["method"] == m
                         and r["setting"] == s), float("nan")) for s in settings]
-            bars.bar([j + i * width for j in range(len(settings))], ys, width, label=m)
+            bars.bar([j + i * width for j in range(len(settings))], ys, width, label=m,
+                     color=colors[i % len(colors)])
             pts = [r for r in sub if r["method"] == m]
             scatter.scatter([r["cpu_s"] for r in pts], [r["result"]["test"] for r in pts],
-                            label=m, s=25)
+                            label=m, s=25, color=colors[i % len(colors)])
         lows = [r["result"]["test"] for r in sub]
         bars.set_ylim(max(0, min(lows) - 3), max(r["float"]["test"] for r in sub) + 1)
         bars.set_xticks([j + 0.4 - width / 2 for j in range(len(settings))],
@@ -275,7 +277,8 @@ def plot(rows: list[dict], path) -> None:
         scatter.set_xlabel("CPU seconds (log)")
         scatter.set_ylabel("test accuracy %")
         scatter.set_title(f"{model}: accuracy against CPU time (all settings)")
-    axes[0][0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14 / len(models), 1, 1))  # room for the legend below
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
