@@ -169,3 +169,5 @@ def test_bench_runs_split_into_files_merge_into_one_table(files, capsys):
     code, _, err = run(capsys, "bench", "--output", str(out), "--name", "w3a4", "--merge",
                        *map(str, parts))
     assert code == 2 and "overwrite" in err and [digest(p) for p in parts] == before
+    code, _, err = run(capsys, *argv, "--name", "bad", "--merge", *map(str, parts))
+    assert code == 2 and "only joins finished runs" in err and not (out / "bad.json").exists()

@@ -307,6 +307,9 @@ def cmd_bench(args) -> int:
 
     check_output_folder(args.output / "x")
     if args.merge:
+        if args.checkpoint or args.data or args.test_data or args.settings or args.quick:
+            raise QnnRepairError("--merge only joins finished runs; leave out --checkpoint, "
+                                 "--data, --test-data, --settings and --quick")
         record = BenchRecord.merged(args.merge, args.output / args.name)
         record.write()
         print(f"wrote {args.output / args.name}.md, .json, .png: {len(record.rows)} rows from "
