@@ -260,13 +260,14 @@ def plot(rows: list[dict], path) -> None:
         width = 0.8 / len(methods)
         colors = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10
         for i, m in enumerate(methods):
+            color = colors[i % len(colors)]
             ys = [next((r["result"]["test"] for r in sub if r["method"] == m
                         and r["setting"] == s), float("nan")) for s in settings]
             bars.bar([j + i * width for j in range(len(settings))], ys, width, label=m,
-                     color=colors[i % len(colors)])
+                     color=color)
             pts = [r for r in sub if r["method"] == m]
             scatter.scatter([r["cpu_s"] for r in pts], [r["result"]["test"] for r in pts],
-                            label=m, s=25, color=colors[i % len(colors)])
+                            label=m, s=25, color=color)
         lows = [r["result"]["test"] for r in sub]
         bars.set_ylim(max(0, min(lows) - 3), max(r["float"]["test"] for r in sub) + 1)
         bars.set_xticks([j + 0.4 - width / 2 for j in range(len(settings))],
