@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.repair.lp import (
-    LPProblem,
+    MarginProblem,
+    NeuronProblem,
+    get_formulation,
     select_rows,
     solve_many,
     solve_margin_lp,
@@ -383,15 +385,11 @@ def many_problems():
     problems = []
     for i in range(2):
         h, labels, q, s, b = tiny_margin_case(10 + i)
-        problems.append(("margin", {"features": h, "labels": labels, "weight_int": q,
-                                    "weight_scale": s, "bias": b, "neurons": [i], "qmin": -3,
-                                    "qmax": 3}))
+        problems.append(MarginProblem(h, labels, q, s, b, neurons=(i,), qmin=-3, qmax=3))
     for mode in ("match", "sign"):
         x = rng.normal(size=(40, 6))
-        problems.append(LPProblem("neuron", {
-            "inputs": x, "target": x @ rng.normal(size=6),
-            "weight_int": rng.integers(-3, 4, size=6), "weight_scale": 0.3, "bias": 0.0,
-            "qmin": -3, "qmax": 3, "mode": mode}))
+        problems.append(NeuronProblem(x, x @ rng.normal(size=6), rng.integers(-3, 4, size=6),
+                                      0.3, 0.0, qmin=-3, qmax=3, mode=mode))
     return problems
 
 
@@ -408,9 +406,26 @@ def test_solve_many_same_in_serial_and_in_a_pool():
             np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
 
 
-def test_solve_many_rejects_unknown_kind():
-    with pytest.raises(QnnRepairError, match="unknown LP kind"):
-        solve_many([("quadratic", {})])
+def test_problems_solve_as_their_functions_do():
+    for problem in many_problems():
+        via_problem = problem.solve()
+        if isinstance(problem, MarginProblem):
+            direct = solve_margin_lp(problem.features, problem.labels, problem.weight_int,
+                                     problem.weight_scale, problem.bias, problem.neurons,
+                                     problem.qmin, problem.qmax)
+        else:
+            direct = solve_neuron_lp(problem.inputs, problem.target, problem.weight_int,
+                                     problem.weight_scale, problem.bias, problem.qmin,
+                                     problem.qmax, mode=problem.mode)
+        np.testing.assert_array_equal(via_problem.delta_weight, direct.delta_weight)
+        assert via_problem.objective_rounded == direct.objective_rounded
+
+
+def test_unknown_formulation_is_refused_with_the_known_ones():
+    with pytest.raises(QnnRepairError, match="unknown formulation 'quadratic'.*match, sign"):
+        get_formulation("quadratic", output=False)
+    with pytest.raises(QnnRepairError, match="unknown formulation 'margin' for hidden"):
+        get_formulation("margin", output=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def main() -> None:
         before = accuracies(qmodel.model, work)
         repairer = Repairer(preset("default"))
         ranking = localize(qmodel, repairer.repair_layers(qmodel), work.images("repair"),
-                           work.labels("repair"), repairer.config.metric).ranking_
+                           work.labels("repair"), repairer.config.localization.metric).ranking_
         for n in args.neurons:
             n = n or len(ranking)
             if rows.has(model=model, n=n) or n > len(ranking):

@@ -146,7 +146,7 @@ def eight_bit_layers(work, model: str, setting: str, strategy: str, k: int
     candidates = [name for i, name in enumerate(base.layers)
                   if base.config.bits_for(name, i, n) != (8, 8)]
     localizer = localize(base, base.layers, work.images("repair"), work.labels("repair"),
-                         preset("default").metric)
+                         preset("default").localization.metric)
     scores = {name: float(np.mean(localizer.scores_[name])) for name in candidates}
     # ties (when whole layers deviate on every input they score alike) go to the earlier
     # layer, as the localizer breaks ties; render() says how many layers tied

@@ -106,7 +106,7 @@ def _accuracy(report: RepairReport) -> str:
 
 def _ranking(report: RepairReport) -> str:
     head = (f"<h2>Suspiciousness ranking</h2>\n<p class=\"sub\">Top {len(report.top_neurons)} "
-            f"neurons by the <code>{_e(report.repair_config.get('metric', '?'))}</code> score "
+            f"neurons by the <code>{_e(report.repair_config['localization']['metric'])}</code> score "
             "on the repair set, most suspicious first, coloured by layer.</p>")
     if not report.top_neurons:
         return head + "<p>No neuron was ranked.</p>"
@@ -159,8 +159,8 @@ def _lps(report: RepairReport) -> str:
     times = np.array(report.lp_seconds(), dtype=np.float64)
     sizes = [tuple(s) for step in report.steps for s in step.get("lp_sizes", [])]
     head = (f"<h2>Linear programs</h2>\n<p class=\"sub\">{report.n_lps} LPs solved by HiGHS "
-            f"({'MILP' if report.repair_config.get('integer') else 'LP relaxation + rounding'}"
-            f", time limit {_e(report.repair_config.get('time_limit'))} s each). An LP is "
+            f"({'MILP' if report.repair_config['lp']['integer'] else 'LP relaxation + rounding'}"
+            f", time limit {_e(report.repair_config['lp']['time_limit'])} s each). An LP is "
             "solved once and reused by every later step that needs it.</p>")
     if not len(times):
         return head + "<p>No LP was solved.</p>"
@@ -214,12 +214,19 @@ def _config(report: RepairReport) -> str:
            **{f"{k} images": v for k, v in report.sizes.items()},
            **{f"time {k} (s)": f"{v:.2f}" for k, v in report.timings.items()}}
     tables = [("Run", run), ("Quantization", report.quant_config),
-              ("Repair", report.repair_config), ("Versions", report.versions)]
+              ("Repair", _flat(report.repair_config)), ("Versions", report.versions)]
     parts = [f"<div><h3>{title}</h3>"
              + _table(["setting", "value"], [[k, _value(v)] for k, v in values.items()])
              + "</div>" for title, values in tables]
     return ("<h2>Configuration</h2>\n<p class=\"sub\">Everything that produced this result.</p>"
             f"<div class=\"cols\">{''.join(parts)}</div>")
+
+
+def _flat(config: dict) -> dict:
+    """A nested config as one table: {"lp": {"norm": "l1"}} -> {"lp.norm": "l1"}."""
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv
+            for k, v in config.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
 
 
 # ---------------------------------------------------------------- tables and text

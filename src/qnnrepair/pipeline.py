@@ -123,10 +123,16 @@ class RepairResult:
     report: RepairReport
 
 
-def run_repair(workload: Workload, quant_config: QuantConfig, repair_config: RepairConfig, *,
-               quantized: QuantizedModel | None = None, show_progress: bool = False
-               ) -> RepairResult:
-    """Quantize (unless `quantized` is given), repair on R guarded by V, report R / V / T."""
+def run_repair(workload: Workload, quant_config: QuantConfig | None,
+               repair_config: RepairConfig, *, quantized: QuantizedModel | None = None,
+               show_progress: bool = False) -> RepairResult:
+    """Quantize with `quant_config` (or take `quantized`: then pass None or its own config),
+    repair on R guarded by V, report R / V / T."""
+    if quantized is not None and quant_config not in (None, quantized.config):
+        raise QnnRepairError("run_repair got a quantized model and a different quant_config: "
+                             "pass quant_config=None to repair the given model as it is")
+    if quantized is None and quant_config is None:
+        raise QnnRepairError("run_repair needs a quant_config or a quantized model")
     timings = {}
     start = time.perf_counter()
     if quantized is None:
@@ -154,8 +160,9 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
                    .mean().item() for name in models} for split in SPLIT_NAMES}
     per_class = {name: per_class_accuracy(preds["test", name], workload.labels("test"),
                                           workload.info.num_classes) for name in models}
-    scores = repairer.localizer_.scores_
-    top = [(str(n), float(scores[n.layer][n.index])) for n in repairer.localizer_.ranking_[:20]]
+    scores = repairer.scores_
+    top = [(str(n), float(scores[n.layer][n.index]) if scores else float("nan"))
+           for n in repairer.ranking_[:20]]
     return RepairReport(
         model=workload.model_spec, quant_config=quantized.config.to_dict(),
         repair_config=repairer.config.to_dict(), seed=workload.seed,

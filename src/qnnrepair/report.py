@@ -8,8 +8,12 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-SPLITS = ("repair", "validation", "test")
+from qnnrepair.data.splits import SPLIT_NAMES
+
+SPLITS = SPLIT_NAMES  # the name html_report and older code import
 MODELS = ("float", "quantized", "repaired")
+# 2: repair_config nested (localization, lp, acceptance, execution); 1: flat, no format_version
+REPORT_VERSION = 2
 
 
 def versions() -> dict[str, str]:
@@ -63,7 +67,8 @@ class RepairReport:
     per_class: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {"format_version": REPORT_VERSION,
+                **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=float)

@@ -8,7 +8,9 @@ from importlib import import_module
 
 _EXPORTS = {
     "PRESETS": "config", "RepairConfig": "config", "preset": "config",
-    "NeuronChange": "engine", "Repairer": "engine", "Step": "engine",
+    "LocalizationConfig": "config", "LPConfig": "config", "AcceptanceConfig": "config",
+    "ExecutionConfig": "config", "LAYER_CHOICES": "layers", "layer_names": "layers",
+    "NeuronChange": "candidate", "Repairer": "engine", "Step": "engine",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qnnrepair.hooks import capture, run_until_stop, stop_after
 from qnnrepair.quantization import QuantConv2d, QuantizedModel
 
 
@@ -41,35 +42,6 @@ class LayerRecord:
         return slice(group * self.fan_in, (group + 1) * self.fan_in)
 
 
-@contextlib.contextmanager
-def _capture(module: torch.nn.Module, store: dict, key: str, pre: bool):
-    if pre:
-        handle = module.register_forward_pre_hook(lambda m, i: store.__setitem__(key, i[0]))
-    else:
-        handle = module.register_forward_hook(lambda m, i, o: store.__setitem__(key, o))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the deepest recorded layer has run: the rest is not needed."""
-
-
-def _stop_after(module: torch.nn.Module):
-    def hook(_module, _inputs, _output):
-        raise _StopForward
-    return module.register_forward_hook(hook)
-
-
-def _run_until_stop(model: torch.nn.Module, batch: torch.Tensor) -> None:
-    try:
-        model(batch)
-    except _StopForward:
-        pass
-
-
 @torch.no_grad()
 def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tensor,
                   rows_per_layer: int, seed: int, batch_size: int = 250,
@@ -87,17 +59,19 @@ def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tenso
     deepest = max(layers, key=qmodel.layers.index)
     with contextlib.ExitStack() as stack:
         store: dict[str, torch.Tensor] = {}
-        for name in layers:
-            stack.enter_context(_capture(qmodel.layer(name), store, f"in:{name}", pre=True))
-            stack.enter_context(_capture(qmodel.layer(name), store, f"q:{name}", pre=False))
-            stack.enter_context(_capture(qmodel.float_layer(name), store, f"f:{name}", pre=False))
+        stack.enter_context(capture({f"in:{name}": qmodel.layer(name) for name in layers},
+                                    "input", store, detach=False))
+        stack.enter_context(capture({f"q:{name}": qmodel.layer(name) for name in layers},
+                                    "output", store, detach=False))
+        stack.enter_context(capture({f"f:{name}": qmodel.float_layer(name) for name in layers},
+                                    "output", store, detach=False))
         for module in (qmodel.layer(deepest), qmodel.float_layer(deepest)):
-            stack.callback(_stop_after(module).remove)
+            stack.enter_context(stop_after(module))
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            _run_until_stop(qmodel.model, batch)
+            run_until_stop(qmodel.model, batch)
             if not known:
-                _run_until_stop(qmodel.float_model, batch)
+                run_until_stop(qmodel.float_model, batch)
             for name in layers:
                 layer = qmodel.layer(name)
                 quant = store[f"q:{name}"]

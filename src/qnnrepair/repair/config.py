@@ -1,47 +1,63 @@
-"""Repair settings and the named presets."""
+"""Repair settings, in four parts, and the named presets.
+
+    RepairConfig(localization=LocalizationConfig(...), lp=LPConfig(...),
+                 acceptance=AcceptanceConfig(...), execution=ExecutionConfig(...), seed=0)
+
+Each part is a frozen dataclass validated when built; `RepairConfig.to_dict()` is serialized
+into every report (with CONFIG_VERSION) and `RepairConfig.from_dict` reads it back.
+`preset(name, **overrides)` takes overrides by field name (`metric="ochiai"`, `n_workers=1`):
+every field name is unique across the parts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.repair.layers import LAYER_CHOICES
+from qnnrepair.repair.lp import NORMS, formulation_names
+from qnnrepair.repair.lp.backend import BACKENDS
 
-LAYER_CHOICES = ("all", "last", "hidden")
-HIDDEN_FORMULATIONS = ("match", "sign")
-OUTPUT_FORMULATIONS = ("margin", "match", "sign")
-NORMS = ("l1", "linf")
+CONFIG_VERSION = 2  # 1: the flat RepairConfig of qnnrepair 0.1 (22 fields)
 WEIGHT_DOMAINS = ("rounding", "grid")
 SCHEDULES = ("geometric", "linear")
 
 
 @dataclass(frozen=True)
-class RepairConfig:
-    """Everything that decides what a repair does; serialized into every report.
-
-    Localization: `metric`, `state_rule`, `oracle` rank the neurons of `layers` ("hidden" by
-    default: every layer but the output one; "all" adds the output layer, whose label-driven
-    margin LP over-fitted the repair set at W4A4 on ResNet-20, see benchmarks/README.md).
-    LP: hidden neurons use `hidden_formulation` (match the float pre-activation, or the paper's
-    sign constraints), the output layer `output_formulation`; `norm` is the penalty on the
-    integer deltas, weighted by `lam`; `kappa` is the margin; `integer` solves a MILP with
-    `time_limit` seconds instead of LP relaxation + rounding; `max_rows` caps the output-layer
-    LP, `hidden_rows` each hidden-neuron LP; the "match" LP summarizes `summary_samples`
-    sampled positions into those rows (repair/summary.py), the "sign" LP uses raw rows.
-    `weight_domain` "rounding" lets a hidden weight move only between the floor and the
-    ceiling of its float value (the LP chooses rounding directions, as AdaRound does; such LPs
-    solved about 4x faster at 576 weights x 256 rows), "grid" anywhere on the integer grid.
-    Acceptance: candidate N repairs the top-N neurons of the ranking (from the quantized model,
-    layer by layer), for N growing by `schedule` (geometric: 1, g, g^2, ..., all with
-    g = `growth`; linear: 1, 2, 3, ...) up to `max_neurons`, within `time_budget_s`; a candidate
-    replaces the best one only if its validation accuracy is not lower. `time_budget_s` is off
-    by default: a wall-clock budget makes the result depend on the machine's load (a run cut
-    short stops at a smaller N), and the same inputs and seed must give the same model.
-    """
+class LocalizationConfig:
+    """Which neurons to blame: `metric` ranks the neurons of `layers` ("hidden" by default:
+    every layer but the output one, whose label-driven margin LP over-fitted the repair set at
+    W4A4 on ResNet-20, see benchmarks/README.md), from spectra recorded with `state_rule` and
+    `oracle` ("label", or "float": the float model's prediction is the truth)."""
 
     metric: str = "ochiai"
     state_rule: str = "relative_error"
     oracle: str = "label"
     layers: str = "hidden"
+
+    def __post_init__(self) -> None:
+        from qnnrepair.localization import ORACLES
+
+        _choice("layers", self.layers, LAYER_CHOICES)
+        _choice("oracle", self.oracle, ORACLES)
+
+
+@dataclass(frozen=True)
+class LPConfig:
+    """How each neuron's LP is built and solved.
+
+    Hidden neurons use `hidden_formulation`, the output layer `output_formulation` (registered
+    formulations, repair/lp/); `norm` is the penalty on the integer deltas, weighted by `lam`;
+    `kappa` is the margin; `integer` solves a MILP with `time_limit` seconds instead of LP
+    relaxation + rounding; `max_rows` caps the output-layer LP, `hidden_rows` each hidden-neuron
+    LP; "match" summarizes `summary_samples` sampled positions into those rows. `weight_domain`
+    "rounding" lets a hidden weight move only between the floor and the ceiling of its float
+    value (the LP chooses rounding directions, as AdaRound does; such LPs solved about 4x
+    faster at 576 weights x 256 rows), "grid" anywhere on the integer grid. `failing_only`
+    builds raw-row LPs on failing repair images only (the paper's choice).
+    """
+
     hidden_formulation: str = "match"
     output_formulation: str = "margin"
     norm: str = "l1"
@@ -54,33 +70,119 @@ class RepairConfig:
     summary_samples: int = 8192
     weight_domain: str = "rounding"
     failing_only: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("hidden_formulation", self.hidden_formulation, formulation_names(output=False))
+        _choice("output_formulation", self.output_formulation, formulation_names(output=True))
+        _choice("norm", self.norm, NORMS)
+        _choice("weight_domain", self.weight_domain, WEIGHT_DOMAINS)
+        if self.max_rows < 1 or self.hidden_rows < 1:
+            raise QnnRepairError(f"max_rows and hidden_rows must be at least 1, got "
+                                 f"{self.max_rows} and {self.hidden_rows}")
+
+    def options(self, qmax: int) -> dict[str, Any]:
+        """The settings every LP problem of a layer with grid [-qmax, qmax] takes."""
+        options = {"qmin": -qmax, "qmax": qmax, "norm": self.norm, "integer": self.integer,
+                   "time_limit": self.time_limit}
+        if self.lam is not None:
+            options["lam"] = self.lam
+        if self.kappa is not None:
+            options["kappa"] = self.kappa
+        return options
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """Which candidates are tried and kept. Candidate N repairs the top-N neurons of the
+    ranking, for N growing by `schedule` (geometric: 1, g, g^2, ..., all with g = `growth`;
+    linear: 1, 2, 3, ...) up to `max_neurons`, within `time_budget_s`; a candidate replaces the
+    best one only if its validation accuracy is not lower. `time_budget_s` is off by default: a
+    wall-clock budget makes the result depend on the machine's load, and the same inputs and
+    seed must give the same model."""
+
     schedule: str = "geometric"
     growth: int = 4
     max_neurons: int | None = None
     time_budget_s: float | None = None
-    n_workers: int = 2
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("layers", self.layers, LAYER_CHOICES)
-        _choice("hidden_formulation", self.hidden_formulation, HIDDEN_FORMULATIONS)
-        _choice("output_formulation", self.output_formulation, OUTPUT_FORMULATIONS)
-        _choice("norm", self.norm, NORMS)
         _choice("schedule", self.schedule, SCHEDULES)
-        _choice("weight_domain", self.weight_domain, WEIGHT_DOMAINS)
-        _choice("oracle", self.oracle, ("label", "float"))
-        if self.max_rows < 1 or self.hidden_rows < 1:
-            raise QnnRepairError(f"max_rows and hidden_rows must be at least 1, got "
-                                 f"{self.max_rows} and {self.hidden_rows}")
         if self.max_neurons is not None and self.max_neurons < 1:
             raise QnnRepairError(f"max_neurons must be at least 1, got {self.max_neurons}")
         if self.growth < 2:
             raise QnnRepairError(f"growth must be at least 2, got {self.growth}")
+
+    def sizes(self, n_neurons: int) -> list[int]:
+        """How many top neurons each candidate repairs."""
+        if self.schedule == "linear":
+            return list(range(1, n_neurons + 1))
+        sizes, n = [], 1
+        while n < n_neurons:
+            sizes.append(n)
+            n *= self.growth
+        return sizes + [n_neurons] if n_neurons else []
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Where the LPs are solved: a registered backend ("local": a process pool of
+    `n_workers`). Changes timings only, never results."""
+
+    backend: str = "local"
+    n_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("backend", self.backend, tuple(BACKENDS))
         if self.n_workers < 1:
             raise QnnRepairError(f"n_workers must be at least 1, got {self.n_workers}")
 
+
+_PARTS = {"localization": LocalizationConfig, "lp": LPConfig, "acceptance": AcceptanceConfig,
+          "execution": ExecutionConfig}
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """Everything that decides what a repair does; serialized into every report."""
+
+    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
+    lp: LPConfig = field(default_factory=LPConfig)
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    seed: int = 0
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"version": CONFIG_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RepairConfig:
+        data = dict(data)
+        version = data.pop("version", None)
+        if version != CONFIG_VERSION:
+            raise QnnRepairError(f"repair config version {version} is not {CONFIG_VERSION}: "
+                                 "write it again with this version of qnnrepair")
+        try:
+            parts = {name: part(**data.pop(name, {})) for name, part in _PARTS.items()}
+            return cls(**parts, **data)
+        except TypeError as err:
+            raise QnnRepairError(f"repair config: {err}") from None
+
+    def replace(self, **overrides) -> RepairConfig:
+        """A copy with fields changed by name, whatever part they are in."""
+        changes: dict[str, dict] = {}
+        for name, value in overrides.items():
+            if name == "seed":
+                continue
+            part = _PART_OF.get(name)
+            if part is None:
+                raise QnnRepairError(f"unknown repair setting {name!r}: use one of "
+                                     f"{', '.join(sorted(_PART_OF))}, seed")
+            changes.setdefault(part, {})[name] = value
+        new = {part: replace(getattr(self, part), **values) for part, values in changes.items()}
+        return replace(self, **new, seed=overrides.get("seed", self.seed))
+
+
+_PART_OF = {f.name: part for part, cls in _PARTS.items() for f in fields(cls)}
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -93,14 +195,13 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 # to 10. Kept: clamping to the grid, zero points, rounding, held-out validation.
 PRESETS: dict[str, RepairConfig] = {
     "default": RepairConfig(),
-    "paper": RepairConfig(metric="tarantula", layers="last", output_formulation="sign",
-                          norm="linf", integer=True, failing_only=True, schedule="linear",
-                          weight_domain="grid",
-                          max_neurons=10),
+    "paper": RepairConfig().replace(metric="tarantula", layers="last", output_formulation="sign",
+                                    norm="linf", integer=True, failing_only=True,
+                                    schedule="linear", weight_domain="grid", max_neurons=10),
 }
 
 
 def preset(name: str, **overrides) -> RepairConfig:
     if name not in PRESETS:
         raise QnnRepairError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,191 @@
+"""One neuron's LP: its pre-activation follows a target, in L1 ("match") or in sign ("sign").
+
+A neuron's pre-activation is linear in its own weights given the (dequantized) input the integer
+kernel sees. The formulations "match" (match.py) and "sign" (sign.py) build this problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.repair.lp.core import Core, check_common, norm_of, solve_core, step_unit
+from qnnrepair.repair.lp.highs import DEFAULT_SOLVER, INF
+from qnnrepair.repair.lp.result import KAPPA_STEPS, LAM_STEPS, LPResult, even_stride, select_rows
+
+
+def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float, qmin: int,
+                    qmax: int, *, lam: float | None = None, norm: str = "l1",
+                    mode: str = "match", kappa: float | None = None, integer: bool = False,
+                    time_limit: float | None = None, max_rows: int = 1000,
+                    fit_bias: bool = True, solver: str = DEFAULT_SOLVER,
+                    delta_bounds: tuple[np.ndarray, np.ndarray] | None = None) -> LPResult:
+    """Change one neuron's integer weights so its pre-activation follows a target.
+
+    Pre-activation ``a(n) = s * sum_j (q_j + d_j) x_nj + bias + e``.
+
+    - mode "match": minimize ``sum_n |a(n) - target(n)| / N + lam * ||d||`` (residual split into
+      two non-negative parts, one equality row per sample).
+    - mode "sign" (the paper's variant): ``a(n) * sign(target(n)) + xi_n >= kappa``,
+      ``xi_n >= 0``, minimize ``sum(xi) / N + lam * ||d||``. Rows with target exactly 0 have no
+      sign to follow and are left out.
+
+    Row cap: in "match" mode an even stride over the rows (rows usually come input-major, so the
+    stride spreads over inputs and positions): the L1 objective is a mean over the distribution
+    of rows, and an even sample estimates it without bias, while keeping only the largest
+    residuals would fit the outliers and leave every other row free to get worse. In "sign" mode
+    the rows with the wrong sign come first, then those nearest zero (:func:`select_rows`).
+
+    Rounding caveat for "match": the relaxed regression typically moves every weight by a
+    fraction of a step, and rounding to nearest gives most of that back (576 weights at 8 bit,
+    mean |a - target|: relaxed 0.0019, rounded 0.0046, unchanged 0.0057). ``integer=True`` keeps
+    the rounded point as its start, so it can only improve on it, time permitting.
+
+    Args:
+        inputs: (N, J) dequantized input the integer kernel sees (one row per sampled input or
+            position, flattened patch for a conv channel).
+        target: (N,) target pre-activation (e.g. the float model's).
+        weight_int: (J,) integer weights; weight_scale, bias: the neuron's scale and real bias.
+        delta_bounds: optional per-weight (lower, upper) integer bounds on d, intersected with
+            the grid; e.g. the floor and ceiling of the float weight, so that the LP chooses each
+            weight's rounding direction as AdaRound does.
+        Other arguments as in :func:`solve_margin_lp`; kappa is used in "sign" mode only.
+    """
+    x = np.asarray(inputs, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    q = np.asarray(weight_int).reshape(-1)
+    s = float(weight_scale)
+    if x.ndim != 2 or x.shape[1] != q.shape[0] or t.shape != (x.shape[0],):
+        raise QnnRepairError(f"inputs must be (N, J), target (N,), weight_int (J,); got "
+                             f"{x.shape}, {t.shape}, {q.shape}")
+    if mode not in ("match", "sign"):
+        raise QnnRepairError(f"mode must be 'match' or 'sign', got {mode!r}")
+    check_common(norm, qmin, qmax, q, max_rows, time_limit)
+    n_weights = q.shape[0]
+    a0 = s * (x @ q.astype(np.float64)) + float(bias)
+    unit = step_unit(s, x)
+    kappa = KAPPA_STEPS * unit if kappa is None else float(kappa)
+
+    if mode == "match":
+        kept = even_stride(len(t), max_rows)
+    else:
+        sign = np.sign(t)
+        signed = np.nonzero(sign != 0)[0]
+        margin = sign[signed] * a0[signed]
+        kept = signed[select_rows(margin, margin <= 0, max_rows)]
+    n_kept = len(kept)
+    lam = LAM_STEPS * unit / max(n_kept, 1) if lam is None else float(lam)
+
+    def evaluate(d: np.ndarray, e: float) -> float:
+        a = a0[kept] + s * (x[kept] @ d.astype(np.float64)) + e
+        if mode == "match":
+            loss = np.abs(a - t[kept])
+        else:
+            loss = np.maximum(0.0, kappa - np.sign(t[kept]) * a)
+        return (float(loss.mean()) if n_kept else 0.0) + lam * norm_of(d, norm)
+
+    zero_d = np.zeros(n_weights, np.int64)
+    unchanged = evaluate(zero_d, 0.0)
+    if n_weights == 0 or n_kept == 0:
+        return LPResult(zero_d, 0.0, "no_variables", unchanged, unchanged, unchanged, 0, 0, 0.0,
+                        lam, kappa, 0.0, zero_d.astype(np.float64), kept)
+
+    d_lower = np.clip(qmin - q, None, 0).astype(np.float64)
+    d_upper = np.clip(qmax - q, 0, None).astype(np.float64)
+    if delta_bounds is not None:
+        d_lower = np.minimum(np.maximum(d_lower, delta_bounds[0]), 0)
+        d_upper = np.maximum(np.minimum(d_upper, delta_bounds[1]), 0)
+    row_factor = np.ones(n_kept) if mode == "match" else np.sign(t[kept])
+    n_bias = 1 if fit_bias else 0
+    coef = (s / unit) * x[kept] * row_factor[:, None]
+    rows = np.arange(n_kept)
+    if mode == "match":
+        rhs = (t[kept] - a0[kept]) / unit
+        # a - t = unit * (u - v): row  coef.d + e - u + v = rhs
+        extra_cost = np.concatenate([np.zeros(n_bias), np.ones(2 * n_kept)])
+        extra_rows = [rows, rows]
+        extra_cols = [n_bias + rows, n_bias + n_kept + rows]
+        extra_vals = [-np.ones(n_kept), np.ones(n_kept)]
+        extra_x0 = np.concatenate([np.zeros(n_bias), np.maximum(-rhs, 0), np.maximum(rhs, 0)])
+        row_lower, row_upper = rhs, rhs
+    else:
+        rhs = (kappa - row_factor * a0[kept]) / unit
+        extra_cost = np.concatenate([np.zeros(n_bias), np.ones(n_kept)])
+        extra_rows = [rows]
+        extra_cols = [n_bias + rows]
+        extra_vals = [np.ones(n_kept)]
+        extra_x0 = np.concatenate([np.zeros(n_bias), np.maximum(rhs, 0)])
+        row_lower, row_upper = rhs, np.full(n_kept, INF)
+    if fit_bias:
+        extra_rows.append(rows)
+        extra_cols.append(np.zeros(n_kept, np.int64))
+        extra_vals.append(row_factor)
+    n_extra = len(extra_cost)
+    core = Core(
+        n_rows=n_kept, row_lower=row_lower, row_upper=row_upper,
+        d_lower=d_lower, d_upper=d_upper,
+        d_rows=np.repeat(rows, n_weights), d_cols=np.tile(np.arange(n_weights), n_kept),
+        d_vals=coef.reshape(-1),
+        extra_cost=extra_cost,
+        extra_lower=np.concatenate([np.full(n_bias, -INF), np.zeros(n_extra - n_bias)]),
+        extra_upper=np.full(n_extra, INF),
+        extra_rows=np.concatenate(extra_rows), extra_cols=np.concatenate(extra_cols),
+        extra_vals=np.concatenate(extra_vals), extra_x0=extra_x0,
+        bias_cols=np.arange(n_bias),
+    )
+    to_true = unit / n_kept
+    # Most weights move in a "match" regression: auxiliary |d| columns beat the split there.
+    solved = solve_core(core, norm=norm, lam_internal=lam / to_true, integer=integer,
+                    time_limit=time_limit, solver=solver, l1_split=mode != "match")
+    e = float(solved.bias[0] * unit) if n_bias else 0.0
+    return LPResult(
+        delta_weight=solved.d, delta_bias=e, status=solved.status,
+        objective_relaxed=solved.bound * to_true, objective_rounded=evaluate(solved.d, e),
+        objective_unchanged=unchanged, n_rows=solved.n_rows, n_cols=solved.n_cols,
+        solve_seconds=solved.seconds, lam=lam, kappa=kappa, norm_relaxed=solved.norm_value,
+        delta_weight_relaxed=solved.d_relaxed, rows_kept=kept,
+    )
+
+
+@dataclass(frozen=True, repr=False)
+class NeuronProblem:
+    """The arguments of :func:`solve_neuron_lp`, as one picklable problem.
+
+    `bias_from` = (mean input (J,), mean residual): when given, the bias delta is not an LP
+    variable but its L2-optimal value for the integer deltas d, ``mean residual - s * mean . d``
+    (the rows of a summarized LP are centred, see repair/summary.py).
+    """
+
+    inputs: np.ndarray
+    target: np.ndarray
+    weight_int: np.ndarray
+    weight_scale: float
+    bias: float
+    qmin: int
+    qmax: int
+    lam: float | None = None
+    norm: str = "l1"
+    mode: str = "match"
+    kappa: float | None = None
+    integer: bool = False
+    time_limit: float | None = None
+    max_rows: int = 1000
+    fit_bias: bool = True
+    solver: str = DEFAULT_SOLVER
+    delta_bounds: tuple[np.ndarray, np.ndarray] | None = None
+    bias_from: tuple[np.ndarray, float] | None = None
+
+    def solve(self) -> LPResult:
+        args = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "bias_from"}
+        result = solve_neuron_lp(**args)
+        if self.bias_from is None:
+            return result
+        mean, residual_mean = self.bias_from
+        shift = self.weight_scale * float(mean @ result.delta_weight)
+        return replace(result, delta_bias=residual_mean - shift)
+
+    def __repr__(self) -> str:
+        return (f"NeuronProblem(mode={self.mode!r}, rows={len(self.target)}, "
+                f"weights={len(self.weight_int)})")
