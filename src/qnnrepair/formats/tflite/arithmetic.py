@@ -1,0 +1,128 @@
+"""Integer arithmetic of LiteRT's CPU kernels, on torch tensors.
+
+LiteRT runs a fully integer model through its default XNNPACK delegate (convolutions, adds,
+means) and its builtin kernels (pooling, softmax). Their rounding is what decides agreement:
+on MobileNetV2 LiteRT's own builtin, XNNPACK and reference kernels disagree on the top-1 class
+of 2-6 % of images, because one-step differences compound over 60 layers. So each rule below
+copies one kernel family, and says which:
+
+- XNNPACK "fp32" requantization (conv, depthwise, fully connected, mean): the int32
+  accumulator times a float32 scale, rounded half to even, plus the output zero point.
+- XNNPACK add: fixed-point multipliers with 20 significant bits (see `xnnpack_add`).
+- TFLite builtin average pool: integer mean rounded half away from zero.
+- TFLite builtin softmax: float exp table, output rounded half up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# Integer range of each activation type (by numpy dtype name).
+QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "int16": (-32768, 32767)}
+
+
+def f32(x: float) -> float:
+    """Round a Python float to float32, as C code computing in `float` does."""
+    return float(np.float32(x))
+
+
+def requant_scale(input_scale: float, weight_scale: np.ndarray, output_scale: float
+                  ) -> np.ndarray:
+    """XNNPACK's requantization scale, evaluated in float32 in its order:
+    input_scale * kernel_scale / output_scale."""
+    s = np.float32(input_scale) * np.asarray(weight_scale, np.float32)
+    return (s / np.float32(output_scale)).astype(np.float32)
+
+
+def requantize_fp32(acc: torch.Tensor, scale: torch.Tensor, zero_point: int, lo: int, hi: int
+                    ) -> torch.Tensor:
+    """XNNPACK fp32 requantization of an integer-valued accumulator (float64 or int tensor):
+    float32(acc) * scale, clamped to [lo - zp, hi - zp], rounded half to even, plus zp.
+    `scale` broadcasts against `acc` (per channel: shape (C, 1, 1))."""
+    y = acc.to(torch.float32) * scale.to(torch.float32)
+    y = torch.clamp(y, lo - zero_point, hi - zero_point)
+    return torch.round(y) + zero_point  # torch.round: half to even, like lrintf
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """std::round / TfLiteRound."""
+    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+
+
+def activation_range(activation: str | None, scale: float, zero_point: int, dtype: str
+                     ) -> tuple[int, int]:
+    """Integer clamp of a fused activation (TFLite CalculateActivationRangeQuantized)."""
+    lo, hi = QRANGE[dtype]
+    def q(v: float) -> int:
+        return zero_point + int(round_half_away(torch.tensor(v / scale)).item())
+    if activation is None:
+        return lo, hi
+    if activation == "RELU":
+        return max(lo, q(0.0)), hi
+    if activation == "RELU6":
+        return max(lo, q(0.0)), min(hi, q(6.0))
+    if activation == "RELU_N1_TO_1":
+        return max(lo, q(-1.0)), min(hi, q(1.0))
+    raise ValueError(f"fused activation {activation}")
+
+
+def float_activation(x: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """The same fused activation in real units (the float reference)."""
+    if activation is None:
+        return x
+    if activation == "RELU":
+        return torch.relu(x)
+    if activation == "RELU6":
+        return torch.clamp(x, 0.0, 6.0)
+    if activation == "RELU_N1_TO_1":
+        return torch.clamp(x, -1.0, 1.0)
+    raise ValueError(f"fused activation {activation}")
+
+
+def xnnpack_add(qa: torch.Tensor, za: int, sa: float, qb: torch.Tensor, zb: int, sb: float,
+                zo: int, so: float, lo: int, hi: int) -> torch.Tensor:
+    """XNNPACK's quantized add (xnn_init_q*_add_minmax_params + the scalar vadd kernel):
+    each input's scale relative to the output becomes an integer multiplier; the larger one has
+    about 21 bits; the sum is shifted right with round-half-up."""
+    a_scale, b_scale = f32(f32(sa) / f32(so)), f32(f32(sb) / f32(so))
+    max_scale = max(abs(a_scale), abs(b_scale))
+    exponent = int(np.float32(max_scale).view(np.uint32) >> 23) - 127
+    shift = 20 - exponent
+    a_mult = int(np.rint(np.float32(a_scale) * np.float32(2.0**shift)))
+    b_mult = int(np.rint(np.float32(b_scale) * np.float32(2.0**shift)))
+    rounding = 1 << (shift - 1)
+    bias = rounding - (a_mult * za + b_mult * zb)
+    acc = bias + qa.to(torch.int64) * a_mult + qb.to(torch.int64) * b_mult
+    out = torch.bitwise_right_shift(acc, shift)
+    return torch.clamp(out, lo - zo, hi - zo) + zo
+
+
+def average_pool_round(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """TFLite builtin quantized average pool: integer sum / count rounded half away from zero."""
+    half = torch.div(count, 2, rounding_mode="floor")
+    pos = torch.div(total + half, count, rounding_mode="trunc")
+    neg = torch.div(total - half, count, rounding_mode="trunc")
+    return torch.where(total >= 0, pos, neg)
+
+
+def softmax_quantized(q: torch.Tensor, input_scale: float, beta: float, zo: int, so: float,
+                      lo: int, hi: int, dim: int = -1) -> torch.Tensor:
+    """TFLite builtin softmax for 8-bit tensors (lookup table of float exps): probabilities
+    times 1/(sum * output_scale), rounded half up, plus the output zero point."""
+    diff = (q - q.amax(dim=dim, keepdim=True)).to(torch.float32)
+    e = torch.exp(diff * f32(f32(input_scale) * f32(beta)))
+    inv = 1.0 / (e.sum(dim=dim, keepdim=True) * f32(so))
+    return torch.clamp(torch.floor(e * inv + 0.5) + zo, lo, hi)
+
+
+def exact_in_float32(bound: float) -> bool:
+    """True when every partial sum of an accumulation bounded by `bound` is an integer that
+    float32 holds exactly (below 2^24), so a float32 convolution is an integer one."""
+    return bound < 2**24
+
+
+def log2_ceil(x: float) -> int:
+    return math.ceil(math.log2(max(x, 1.0)))

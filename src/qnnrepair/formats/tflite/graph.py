@@ -1,0 +1,249 @@
+"""A TFLiteFile as a torch graph: the integer simulation and its float reference.
+
+`load_tflite(path)` gives a TFLiteModel: `model` computes like LiteRT, `float_model` is the
+same graph with dequantized weights and float activations. Quantized layers have the same
+fully qualified names in both (`ops.<operator index>.conv`), so a neuron (name, channel) means
+the same unit in each, as in qnnrepair.quantization.QuantizedModel.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.formats.tflite import ops
+from qnnrepair.formats.tflite.arithmetic import QRANGE
+from qnnrepair.formats.tflite.layers import TFLiteConv2d, TFLiteLinear
+from qnnrepair.formats.tflite.reader import Tensor, TFLiteFile, read_tflite
+
+SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D",
+                 "MAX_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "PAD", "SOFTMAX", "QUANTIZE",
+                 "DEQUANTIZE", "CONCATENATION")
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# Weight layout in the file -> PyTorch (out, in/groups, kh, kw) or (out, in).
+_TO_TORCH = {"CONV_2D": (0, 3, 1, 2), "DEPTHWISE_CONV_2D": (3, 0, 1, 2), "FULLY_CONNECTED": (0, 1)}
+
+
+def _qparams(t: Tensor) -> ops.QParams:
+    lo, hi = QRANGE[t.dtype.name]
+    return ops.QParams(float(t.scale[0]), int(t.zero_point[0]), lo, hi)
+
+
+class TFLiteGraph(nn.Module):
+    """The operators of one subgraph in file order. Input: the stored integers of the input
+    tensor (uint8 pixels), NCHW, any numeric dtype; the file's own scale and zero point turn
+    them into real values. Output: the output tensor in real units (dequantized)."""
+
+    def __init__(self, source: TFLiteFile) -> None:
+        super().__init__()
+        self.path = source.path
+        if len(source.inputs) != 1 or len(source.outputs) != 1:
+            raise QnnRepairError(f"{source.path} has {len(source.inputs)} inputs and "
+                                 f"{len(source.outputs)} outputs: only single-input, "
+                                 "single-output models are supported")
+        self.input_index, self.output_index = source.inputs[0], source.outputs[0]
+        inp = source.tensors[self.input_index]
+        self.input_q = _qparams(inp) if inp.is_quantized and not inp.is_float else None
+        self.input_shape = inp.shape
+        self.ops = nn.ModuleList()
+        self.wiring: list[tuple[list[int], int]] = []  # (activation inputs, output) per op
+        self.names: list[str] = []  # the output tensor's name per op, for reports
+        for op in source.operators:
+            module, inputs = _build_op(source, op)
+            self.ops.append(module)
+            self.wiring.append((inputs, op.outputs[0]))
+            self.names.append(source.tensors[op.outputs[0]].name)
+        self._last_use = {}
+        for i, (inputs, _out) in enumerate(self.wiring):
+            for t in inputs:
+                self._last_use[t] = i
+
+    @property
+    def float_mode(self) -> bool:
+        return any(getattr(m, "float_mode", False) for m in self.ops)
+
+    def layer_names(self) -> list[str]:
+        """Fully qualified names of the quantized layers, in forward order."""
+        return [f"ops.{i}.conv" for i, m in enumerate(self.ops) if isinstance(m, ops.ConvOp)]
+
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Stored input integers -> real values, with the input tensor's scale and zero point."""
+        x = pixels.to(torch.float32)
+        if self.input_q is None:
+            return x
+        return (x - self.input_q.zero_point) * self.input_q.scale
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        values = {self.input_index: self.preprocess(pixels)}
+        for i, (module, (inputs, out)) in enumerate(zip(self.ops, self.wiring)):
+            values[out] = module(*[values[t] for t in inputs])
+            for t in inputs:
+                if self._last_use.get(t) == i and t != self.output_index:
+                    del values[t]
+        return values[self.output_index]
+
+    def to_float(self) -> TFLiteGraph:
+        """The float reference: dequantized weights and biases in nn.Conv2d / nn.Linear,
+        float activations, no rounding anywhere."""
+        graph = copy.deepcopy(self)
+        for module in graph.ops:
+            module.float_mode = True
+            if isinstance(module, ops.ConvOp):
+                module.conv = _float_layer(module.conv)
+        return graph
+
+    def extra_repr(self) -> str:
+        return f"{Path(self.path).name}, {len(self.ops)} ops"
+
+
+def _float_layer(layer: nn.Module) -> nn.Module:
+    w, b = layer.dequantized_weight(), layer.dequantized_bias()
+    if isinstance(layer, TFLiteLinear):
+        out = nn.Linear(w.shape[1], w.shape[0])
+    else:
+        out = nn.Conv2d(w.shape[1] * layer.groups, w.shape[0], tuple(w.shape[2:]),
+                        layer.stride, 0, layer.dilation, layer.groups)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        out.bias.copy_(b)
+    return out.requires_grad_(False)
+
+
+def _const(source: TFLiteFile, index: int, what: str) -> np.ndarray:
+    t = source.tensors[index]
+    if t.data is None:
+        raise QnnRepairError(f"{what} (tensor {t.name!r}) is not a constant in the file: "
+                             "only constant weights, shapes and axes are supported")
+    return t.data
+
+
+def _check_integer(source: TFLiteFile, op, tensors: list[int]) -> None:
+    for index in tensors:
+        t = source.tensors[index]
+        if t.is_float or not t.is_quantized:
+            kind = "a float model" if op.op in _WEIGHTED and t.data is not None else \
+                "not fully integer-quantized"
+            raise QnnRepairError(
+                f"{Path(source.path).name} is {kind}: {op.op} (operator {op.index}) has "
+                f"{t.dtype.name if t.type in (0, 1, 2, 3, 7, 9, 10) else t.type} tensor "
+                f"{t.name!r}; convert it with full-integer quantization (int8 or uint8)")
+
+
+def _build_op(source: TFLiteFile, op) -> tuple[nn.Module, list[int]]:
+    if op.op not in SUPPORTED_OPS:
+        raise QnnRepairError(f"{Path(source.path).name}: operator {op.index} is {op.op}, which "
+                             f"qnnrepair cannot simulate (supported: {', '.join(SUPPORTED_OPS)})")
+    o, t = op.options, source.tensors
+    ins = [i for i in op.inputs if i >= 0]
+    out = t[op.outputs[0]]
+    if op.op in _WEIGHTED:
+        _check_integer(source, op, ins + [op.outputs[0]])
+        return _weighted(source, op), [ins[0]]
+    if op.op == "QUANTIZE":
+        return ops.RequantizeOp(_qparams(out)), [ins[0]]
+    if op.op == "DEQUANTIZE":
+        return ops.RequantizeOp(None), [ins[0]]
+    if op.op in ("RESHAPE", "SQUEEZE"):
+        return ops.ReshapeOp(out.shape), [ins[0]]
+    if op.op == "PAD":
+        pads = _const(source, ins[1], "PAD paddings").reshape(-1, 2).tolist()
+        return ops.PadOp([tuple(p) for p in pads]), [ins[0]]
+    _check_integer(source, op, [ins[0], op.outputs[0]] + (ins[1:] if op.op in
+                                                           ("ADD", "CONCATENATION") else []))
+    if op.op == "ADD":
+        return ops.AddOp(_qparams(t[ins[0]]), _qparams(t[ins[1]]), _qparams(out),
+                         o.get("activation")), ins[:2]
+    if op.op in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
+        kind = "avg" if op.op == "AVERAGE_POOL_2D" else "max"
+        return ops.PoolOp(kind, _qparams(t[ins[0]]), _qparams(out),
+                          (o["filter_h"], o["filter_w"]), (o["stride_h"], o["stride_w"]),
+                          o["padding"], o.get("activation")), [ins[0]]
+    if op.op == "MEAN":
+        axes = [int(a) for a in np.atleast_1d(_const(source, ins[1], "MEAN axes"))]
+        return ops.MeanOp(axes, bool(o.get("keep_dims")), _qparams(t[ins[0]]),
+                          _qparams(out)), [ins[0]]
+    if op.op == "SOFTMAX":
+        return ops.SoftmaxOp(o.get("beta", 1.0), _qparams(t[ins[0]]), _qparams(out)), [ins[0]]
+    # CONCATENATION
+    return ops.ConcatOp(o["axis"], [_qparams(t[i]) for i in ins], _qparams(out),
+                        o.get("activation")), ins
+
+
+def _weighted(source: TFLiteFile, op) -> ops.ConvOp:
+    t, o = source.tensors, op.options
+    x, w = t[op.inputs[0]], t[op.inputs[1]]
+    b = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    out_q = _qparams(t[op.outputs[0]])
+    in_q = _qparams(x)
+    stored = _const(source, w.index, f"{op.op} weights")
+    weight = torch.from_numpy(stored.astype(np.int64)).permute(*_TO_TORCH[op.op]).contiguous()
+    n_out = weight.shape[0]
+    per_channel = len(w.scale) > 1
+    scale = torch.from_numpy(np.broadcast_to(w.scale, (n_out,)).astype(np.float32).copy())
+    zp = torch.from_numpy(np.broadcast_to(w.zero_point, (n_out,)).astype(np.int64).copy())
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    weight_int = weight - zp.reshape(shape)
+    bias = (torch.from_numpy(_const(source, b.index, f"{op.op} bias").astype(np.int64))
+            if b is not None else torch.zeros(n_out, dtype=torch.int64))
+    common = dict(weight_int=weight_int, weight_scale=scale, weight_zero_point=zp, bias_int=bias,
+                  input_scale=in_q.scale, input_zero_point=in_q.zero_point,
+                  act_range=(in_q.qmin, in_q.qmax), weight_range=QRANGE[w.dtype.name],
+                  per_channel=per_channel)
+    if op.op == "FULLY_CONNECTED":
+        layer = TFLiteLinear(**common)
+        module = ops.ConvOp(layer, out_q, o.get("activation"), fully_connected=True)
+    else:
+        groups = 1 if op.op == "CONV_2D" else x.shape[3]
+        stride, dilation = (o["stride_h"], o["stride_w"]), (o["dilation_h"], o["dilation_w"])
+        layer = TFLiteConv2d(**common, stride=stride, dilation=dilation, groups=groups)
+        module = ops.ConvOp(layer, out_q, o.get("activation"), o["padding"],
+                            tuple(weight.shape[2:]), stride, dilation)
+    # Where the integers live in the file: the writer's targets.
+    layer.weight_tensor, layer.bias_tensor = w.index, (b.index if b is not None else None)
+    layer.file_op = op.op
+    return module
+
+
+@dataclass
+class TFLiteModel:
+    """A deployed integer model beside its float reference, in the shape of
+    qnnrepair.quantization.QuantizedModel (model, float_model, layers, layer(), float_layer(),
+    copy(), integer_state()); `path` is the file it came from, which the writer copies."""
+
+    model: TFLiteGraph
+    float_model: TFLiteGraph
+    layers: list[str]
+    path: str
+    num_classes: int | None = None
+
+    def layer(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    def float_layer(self, name: str) -> nn.Module:
+        return self.float_model.get_submodule(name)
+
+    def copy(self) -> TFLiteModel:
+        return TFLiteModel(copy.deepcopy(self.model), self.float_model, list(self.layers),
+                           self.path, self.num_classes)
+
+    def integer_state(self) -> dict[str, torch.Tensor]:
+        return {f"{n}.{k}": getattr(self.layer(n), k).clone()
+                for n in self.layers for k in ("weight_int", "bias_int")}
+
+    def __repr__(self) -> str:
+        return f"TFLiteModel({Path(self.path).name!r}, {len(self.layers)} quantized layers)"
+
+
+def load_tflite(path: str | Path) -> TFLiteModel:
+    """Read a fully integer .tflite into its simulation and float reference."""
+    source = read_tflite(path)
+    graph = TFLiteGraph(source)
+    out_shape = source.tensors[graph.output_index].shape
+    return TFLiteModel(graph, graph.to_float(), graph.layer_names(), str(path),
+                       out_shape[-1] if out_shape else None)
