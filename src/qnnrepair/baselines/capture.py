@@ -8,17 +8,13 @@ forward passes instead of L. Hooks are removed in `finally`, also when the forwa
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
-
-
-class _StopForward(Exception):
-    """Raised by a capture hook once the layer of interest has run."""
+from qnnrepair.hooks import capture, on_forward, run_until_stop, stop_after
 
 
 def check_calibration(images: torch.Tensor | None, method: str) -> torch.Tensor:
@@ -31,44 +27,23 @@ def check_calibration(images: torch.Tensor | None, method: str) -> torch.Tensor:
     return images.float()
 
 
-@contextlib.contextmanager
-def _hook(module: nn.Module, store: list, output: bool, stop: bool):
-    def pre(_module, args):
-        store.append(args[0].detach())
-        if stop:
-            raise _StopForward
-
-    def post(_module, _args, out):
-        store.append(out.detach())
-        if stop:
-            raise _StopForward
-
-    handle = module.register_forward_hook(post) if output else module.register_forward_pre_hook(pre)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 @torch.no_grad()
 def stream_layer(model: nn.Module, module: nn.Module, images: torch.Tensor, batch_size: int,
                  fn: Callable[[int, torch.Tensor], None], *, output: bool) -> None:
     """Call `fn(first_image, tensor)` for each batch with `module`'s input (or output) when
     `model` runs on `images`; the forward pass stops right after `module`."""
-    store: list[torch.Tensor] = []
-    with _hook(module, store, output, stop=True):
+    what = "output" if output else "input"
+    # capture is entered first, so its hook stores the tensor before stop_after's hook stops.
+    with capture({"layer": module}, what) as store, stop_after(module, what):
         for start in range(0, len(images), batch_size):
             store.clear()
-            try:
-                model(images[start:start + batch_size])
-            except _StopForward:
-                pass
-            if not store:
+            run_until_stop(model, images[start:start + batch_size])
+            if "layer" not in store:
                 raise QnnRepairError(
                     f"layer {type(module).__name__} is not called by the model's forward pass; "
                     "give a model whose quantized layers all run"
                 )
-            fn(start, store[0])
+            fn(start, store["layer"])
 
 
 def collect_layer(model: nn.Module, module: nn.Module, images: torch.Tensor, batch_size: int,
@@ -94,20 +69,14 @@ def channel_means(model: nn.Module, modules: dict[str, nn.Module], images: torch
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(modules, 0)
 
-    def record(name):
-        def hook(_module, _args, out):
-            total, n = channel_sums(out.detach())
-            sums[name] = sums[name] + total if name in sums else total
-            counts[name] += n
-        return hook
+    def record(name: str, out: torch.Tensor) -> None:
+        total, n = channel_sums(out.detach())
+        sums[name] = sums[name] + total if name in sums else total
+        counts[name] += n
 
-    handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
-    try:
+    with on_forward(modules, record, "output"):
         for start in range(0, len(images), batch_size):
             model(images[start:start + batch_size])
-    finally:
-        for handle in handles:
-            handle.remove()
     missing = [n for n in modules if n not in sums]
     if missing:
         raise QnnRepairError(f"layers {missing} are not called by the model's forward pass")

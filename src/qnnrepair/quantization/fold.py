@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from qnnrepair.hooks import on_forward
+
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _WEIGHTED = (nn.Conv2d, nn.Linear)
 
@@ -21,31 +23,21 @@ def find_batchnorm_pairs(model: nn.Module, example_input: torch.Tensor) -> list[
     """(layer, batchnorm) names, where the batchnorm directly consumes the layer's output."""
     produced: dict[int, tuple[str, torch.Tensor]] = {}
     pairs: list[tuple[str, str]] = []
-    handles = []
 
-    def remember(name):
-        def hook(_module, _inputs, output):
-            produced[id(output)] = (name, output)  # keep the tensor alive so ids stay unique
-        return hook
+    def remember(name: str, output: torch.Tensor) -> None:
+        produced[id(output)] = (name, output)  # keep the tensor alive so ids stay unique
 
-    def match(name):
-        def hook(_module, inputs):
-            source = produced.get(id(inputs[0]))
-            if source is not None and source[1] is inputs[0]:
-                pairs.append((source[0], name))
-        return hook
+    def match(name: str, x: torch.Tensor) -> None:
+        source = produced.get(id(x))
+        if source is not None and source[1] is x:
+            pairs.append((source[0], name))
 
-    try:
-        for name, module in model.named_modules():
-            if isinstance(module, _WEIGHTED):
-                handles.append(module.register_forward_hook(remember(name)))
-            elif isinstance(module, _BATCHNORMS):
-                handles.append(module.register_forward_pre_hook(match(name)))
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    modules = dict(model.named_modules())
+    weighted = {n: m for n, m in modules.items() if isinstance(m, _WEIGHTED)}
+    batchnorms = {n: m for n, m in modules.items() if isinstance(m, _BATCHNORMS)}
+    with on_forward(weighted, remember, "output"), on_forward(batchnorms, match, "input"), \
+            torch.no_grad():
+        model(example_input)
     return list(dict.fromkeys(pairs))
 
 

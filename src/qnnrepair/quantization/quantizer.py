@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.hooks import on_forward
 from qnnrepair.progress import progress
 from qnnrepair.quantization.config import QuantConfig
 from qnnrepair.quantization.fold import fold_batchnorm, set_module
@@ -76,14 +77,10 @@ def batches(images: torch.Tensor, batch_size: int):
 def forward_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Names of the Conv2d/Linear layers in the order the forward pass first calls them."""
     order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda _m, _i, n=name: order.append(n))
-               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    weighted = {name: m for name, m in model.named_modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear))}
+    with on_forward(weighted, lambda name, _x: order.append(name), "input"), torch.no_grad():
+        model(example_input)
     return list(dict.fromkeys(order))
 
 
@@ -96,8 +93,8 @@ class _RangeObserver:
         self.n_kept = 0
         self.generator = generator
 
-    def __call__(self, _module, inputs) -> None:
-        x = inputs[0].detach().reshape(-1)
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1)
         self.lo, self.hi = min(self.lo, x.min().item()), max(self.hi, x.max().item())
         if self.n_kept < _SAMPLE_CAP:
             k = min(_SAMPLE_PER_BATCH, x.numel())
@@ -113,15 +110,11 @@ def calibrate(model: nn.Module, layers: list[str], images: torch.Tensor, batch_s
               seed: int, show_progress: bool) -> dict[str, _RangeObserver]:
     generator = torch.Generator().manual_seed(seed)
     observers = {name: _RangeObserver(generator) for name in layers}
-    handles = [model.get_submodule(n).register_forward_pre_hook(observers[n]) for n in layers]
-    try:
-        with torch.no_grad():
-            for batch in progress(batches(images, batch_size), show_progress,
-                                  total=-(-len(images) // batch_size), desc="calibrate"):
-                model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    modules = {name: model.get_submodule(name) for name in layers}
+    with on_forward(modules, lambda name, x: observers[name].update(x), "input"), torch.no_grad():
+        for batch in progress(batches(images, batch_size), show_progress,
+                              total=-(-len(images) // batch_size), desc="calibrate"):
+            model(batch)
     return observers
 
 
