@@ -17,9 +17,10 @@ from qnnrepair.localization.metrics import (
     rank_neurons,
     score_layers,
 )
-from qnnrepair.localization.spectrum import ORACLES, Spectrum, record_spectrum
+from qnnrepair.localization.spectrum import Spectrum, record_spectrum
 from qnnrepair.localization.states import StateRule, get_state_rule
 from qnnrepair.neurons import Neuron
+from qnnrepair.outcomes import ORACLES
 
 
 class SpectrumLocalizer:

@@ -1,8 +1,8 @@
 """Record the spectrum: per neuron, how often it deviates on failing and on passing inputs.
 
-Outcome of each input x with oracle o(x) (the label, or the float model's prediction):
-passing if Q(x) == o(x); failing if Q(x) != o(x) while F(x) == o(x) (a failure caused by
-quantization); skipped otherwise (F is wrong too, so x is not a repair target).
+Outcome of each input x with oracle o(x) (the label, or the float model's prediction), decided
+by `qnnrepair.outcomes`: passing if Q(x) == o(x); failing if Q(x) != o(x) while F(x) == o(x) (a
+failure caused by quantization); skipped otherwise (F is wrong too, so x is not a repair target).
 
 Forward hooks on the named layers of both models capture their outputs (the pre-activations).
 Counts are accumulated batch by batch: no more than one batch of activations is ever held.
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.hooks import on_forward
 from qnnrepair.localization.metrics import SpectrumCounts
 from qnnrepair.localization.states import (
     FloatStats,
@@ -28,11 +29,10 @@ from qnnrepair.localization.states import (
     StateRule,
     get_state_rule,
 )
+from qnnrepair.outcomes import ORACLES, outcomes
 from qnnrepair.progress import progress
 
 logger = logging.getLogger(__name__)
-
-ORACLES = ("label", "float")
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,8 @@ def record_spectrum(
             quant_logits, quant_acts = quant_run(images)
             float_pred = _predictions(float_logits, len(labels), "float model")
             quant_pred = _predictions(quant_logits, len(labels), "quantized model")
-            target = labels if oracle == "label" else float_pred
-            passing = quant_pred == target
-            failing = ~passing & (float_pred == target)
+            outcome = outcomes(float_pred, quant_pred, labels, oracle)
+            passing, failing = outcome.passing, outcome.failing
             counter.add_outcomes(passing, failing)
             for layer in layers:
                 a_float, a_quant = float_acts[layer], quant_acts[layer]
@@ -150,45 +149,32 @@ class _LayerRecorder:
         self.model = model
         self.modules = dict(modules)
         self.role = role
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks = ExitStack()
         self._outputs: dict[str, torch.Tensor] = {}
         self._recording = False
 
     def __enter__(self) -> _LayerRecorder:
-        try:
-            for layer, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._hook(layer)))
-        except BaseException:
-            self._remove()
-            raise
+        self._hooks.enter_context(on_forward(self.modules, self._record, "output"))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
         self._outputs = {}
 
-    def _hook(self, layer: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self._recording:
-                return
-            if layer in self._outputs:
-                raise QnnRepairError(
-                    f"layer {layer!r} of the {self.role} ran twice in one forward pass; "
-                    "choose modules that run once"
-                )
-            if not isinstance(output, torch.Tensor):
-                raise QnnRepairError(
-                    f"layer {layer!r} of the {self.role} returned {type(output).__name__}, "
-                    "not a tensor; choose Conv/Linear layers"
-                )
-            self._outputs[layer] = output.detach()
-
-        return hook
+    def _record(self, layer: str, output: Any) -> None:
+        if not self._recording:
+            return
+        if layer in self._outputs:
+            raise QnnRepairError(
+                f"layer {layer!r} of the {self.role} ran twice in one forward pass; "
+                "choose modules that run once"
+            )
+        if not isinstance(output, torch.Tensor):
+            raise QnnRepairError(
+                f"layer {layer!r} of the {self.role} returned {type(output).__name__}, "
+                "not a tensor; choose Conv/Linear layers"
+            )
+        self._outputs[layer] = output.detach()
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._outputs = {}
