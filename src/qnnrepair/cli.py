@@ -45,8 +45,10 @@ def _add_quant(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("quantization")
     g.add_argument("--setting", default="w4a8", help="weight/activation bits, e.g. w8a8, w4a4")
     g.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
-    g.add_argument("--weight-clipping", default="maxabs", choices=("maxabs", "mse"))
-    g.add_argument("--act-calibration", default="minmax", choices=("minmax", "percentile", "mse"))
+    from qnnrepair.quantization.config import ACT_CALIBRATIONS, WEIGHT_CLIPPINGS
+
+    g.add_argument("--weight-clipping", default="maxabs", choices=WEIGHT_CLIPPINGS)
+    g.add_argument("--act-calibration", default="minmax", choices=ACT_CALIBRATIONS)
     g.add_argument("--percentile", type=float, default=99.99)
     g.add_argument("--first-last-bits", default="8",
                    help="bits of the first and last layer, or 'none' (default 8)")
@@ -59,8 +61,11 @@ def _add_repair(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default="default", help="default or paper")
     g.add_argument("--metric", help="suspiciousness metric (tarantula, ochiai, dstar, ...)")
     g.add_argument("--state-rule", help="neuron-state rule (relative_error, activation_flip, ...)")
-    g.add_argument("--oracle", choices=("label", "float"))
-    g.add_argument("--layers", choices=("all", "last", "hidden"))
+    from qnnrepair.outcomes import ORACLES
+    from qnnrepair.repair.config import LAYER_CHOICES
+
+    g.add_argument("--oracle", choices=ORACLES)
+    g.add_argument("--layers", choices=LAYER_CHOICES)
     g.add_argument("--max-neurons", type=int)
     g.add_argument("--time-budget", type=float, help="seconds for the LP loop")
     g.add_argument("--milp", action="store_true", help="integer LPs with a time limit")
@@ -176,12 +181,13 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from qnnrepair.data.splits import SPLIT_NAMES
     from qnnrepair.evaluation import accuracy
 
     workload, quantized = _workload(args)
     qmodel = _quantized(args, workload, quantized)
     print(f"{workload.model_spec} {qmodel.config.setting}")
-    for split in ("repair", "validation", "test"):
+    for split in SPLIT_NAMES:
         images, labels = workload.images(split), workload.labels(split)
         f = accuracy(qmodel.float_model, images, labels, show_progress=args.progress)
         q = accuracy(qmodel.model, images, labels, show_progress=args.progress)

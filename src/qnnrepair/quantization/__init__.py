@@ -1,12 +1,23 @@
-"""Deployment-faithful integer quantization (DESIGN section 2)."""
+"""Deployment-faithful integer quantization (DESIGN section 2).
 
-from qnnrepair.quantization.config import LayerBits, QuantConfig
-from qnnrepair.quantization.fold import fold_batchnorm
-from qnnrepair.quantization.modules import QuantConv2d, QuantLinear
-from qnnrepair.quantization.quantizer import QuantizedModel, batches, quantize
-from qnnrepair.quantization.serialization import load_quantized, save_quantized
+Names are loaded lazily: the CLI reads the choices in `qnnrepair.quantization.config` while
+building its parser, and `qnnrepair --help` should not wait for torch to load.
+"""
 
-__all__ = [
-    "LayerBits", "QuantConfig", "QuantConv2d", "QuantLinear", "QuantizedModel", "batches",
-    "fold_batchnorm", "load_quantized", "quantize", "save_quantized",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "LayerBits": "config", "QuantConfig": "config",
+    "fold_batchnorm": "fold",
+    "QuantConv2d": "modules", "QuantLinear": "modules",
+    "QuantizedModel": "quantizer", "batches": "quantizer", "quantize": "quantizer",
+    "load_quantized": "serialization", "save_quantized": "serialization",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'qnnrepair.quantization' has no attribute {name!r}")
+    return getattr(import_module(f"qnnrepair.quantization.{_EXPORTS[name]}"), name)
