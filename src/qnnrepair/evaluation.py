@@ -11,11 +11,17 @@ from qnnrepair.progress import progress
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
             show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
-    """Predicted class per image (int64)."""
+    """Predicted class per image (int64), in eval mode; every module's train/eval flag is
+    restored afterwards, also when the forward pass raises."""
+    flags = [(module, module.training) for module in model.modules()]
     model.eval()
-    chunks = range(0, len(images), batch_size)
-    preds = [model(images[i:i + batch_size]).argmax(dim=1)
-             for i in progress(chunks, show_progress, desc=desc)]
+    try:
+        chunks = range(0, len(images), batch_size)
+        preds = [model(images[i:i + batch_size]).argmax(dim=1)
+                 for i in progress(chunks, show_progress, desc=desc)]
+    finally:
+        for module, training in flags:
+            module.training = training
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
 
