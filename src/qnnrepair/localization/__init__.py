@@ -1,12 +1,22 @@
 """Spectrum-based fault localization: which neurons did quantization break?
 
 record_spectrum (hooks, streaming counts) -> SpectrumCounts per layer -> a suspiciousness metric
--> rank_neurons. SpectrumLocalizer does all three in one `fit`.
+-> rank_neurons. SpectrumLocalizer does all three in one `fit`. GradientBlame and
+CounterfactualBlame rank by the output divergence a neuron causes instead (blame.py);
+make_localizer builds any of them from one name.
 """
 
+from qnnrepair.localization.blame import (
+    DIVERGENCES,
+    CounterfactualBlame,
+    GradientBlame,
+    register_divergence,
+)
+from qnnrepair.localization.factory import BLAME_LOCALIZERS, localizer_names, make_localizer
 from qnnrepair.localization.localizer import SpectrumLocalizer
 from qnnrepair.localization.metrics import (
     METRICS,
+    GradedSpectrumCounts,
     SpectrumCounts,
     compute_scores,
     get_metric,
@@ -22,6 +32,7 @@ from qnnrepair.localization.states import (
     ActivationFlip,
     FlipOrRelativeError,
     FloatStats,
+    GradedError,
     RelativeError,
     RunningMoments,
     StateRule,
@@ -30,12 +41,18 @@ from qnnrepair.localization.states import (
 )
 
 __all__ = [
+    "BLAME_LOCALIZERS",
+    "DIVERGENCES",
     "METRICS",
     "ORACLES",
     "STATE_RULES",
     "ActivationFlip",
+    "CounterfactualBlame",
     "FlipOrRelativeError",
     "FloatStats",
+    "GradedError",
+    "GradedSpectrumCounts",
+    "GradientBlame",
     "RelativeError",
     "RunningMoments",
     "Spectrum",
@@ -45,9 +62,12 @@ __all__ = [
     "compute_scores",
     "get_metric",
     "get_state_rule",
+    "localizer_names",
+    "make_localizer",
     "metric_parameters",
     "rank_neurons",
     "record_spectrum",
+    "register_divergence",
     "register_metric",
     "register_state_rule",
     "safe_divide",

@@ -19,7 +19,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,7 +37,10 @@ class SpectrumCounts:
 
     failed_deviating (ef), passed_deviating (ep), failed_not_deviating (nf),
     passed_not_deviating (np): all 1-d, one entry per neuron, same length.
+    GradedSpectrumCounts holds fractional counts (sums of graded deviations in [0, 1]).
     """
+
+    graded: ClassVar[bool] = False
 
     failed_deviating: np.ndarray
     passed_deviating: np.ndarray
@@ -50,11 +53,16 @@ class SpectrumCounts:
             array = np.array(getattr(self, field.name), copy=True)
             if array.size == 0:
                 array = array.astype(np.int64)
-            if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+            kinds = (np.integer, np.floating) if self.graded else (np.integer,)
+            if array.ndim != 1 or not any(np.issubdtype(array.dtype, k) for k in kinds):
                 raise QnnRepairError(
-                    f"SpectrumCounts.{field.name} must be a 1-d integer array, "
+                    f"{type(self).__name__}.{field.name} must be a 1-d "
+                    f"{'real' if self.graded else 'integer'} array, "
                     f"got dtype {array.dtype} and shape {array.shape}"
+                    + ("" if self.graded else "; fractional counts are GradedSpectrumCounts")
                 )
+            if self.graded and not np.isfinite(array).all():
+                raise QnnRepairError(f"{type(self).__name__}.{field.name} is not all finite")
             if (array < 0).any():
                 raise QnnRepairError(f"SpectrumCounts.{field.name} has negative counts")
             if length is not None and array.shape[0] != length:
@@ -63,7 +71,7 @@ class SpectrumCounts:
                     f"{array.shape[0]} neurons, failed_deviating has {length}"
                 )
             length = array.shape[0]
-            array = array.astype(np.int64)
+            array = array.astype(np.float64 if self.graded else np.int64)
             array.flags.writeable = False
             object.__setattr__(self, field.name, array)
 
@@ -77,7 +85,8 @@ class SpectrumCounts:
         """The counts of several layers as one list of neurons, in the given order."""
         if not parts:
             return cls.zeros(0)
-        return cls(
+        kind = GradedSpectrumCounts if any(part.graded for part in parts) else cls
+        return kind(
             *(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls))
         )
 
@@ -108,13 +117,21 @@ class SpectrumCounts:
         def span(values: np.ndarray) -> str:
             if values.size == 0:
                 return "-"
-            low, high = int(values.min()), int(values.max())
-            return str(low) if low == high else f"{low}..{high}"
+            low, high = values.min(), values.max()
+            return f"{low:g}" if low == high else f"{low:g}..{high:g}"
 
         return (
-            f"SpectrumCounts(n_neurons={self.n_neurons}, n_failed={span(self.n_failed)}, "
+            f"{type(self).__name__}(n_neurons={self.n_neurons}, n_failed={span(self.n_failed)}, "
             f"n_passed={span(self.n_passed)})"
         )
+
+
+class GradedSpectrumCounts(SpectrumCounts):
+    """SpectrumCounts whose entries are non-negative reals, stored as float64: with a graded
+    state rule a neuron deviates on an input by a degree in [0, 1], and ef is the sum of those
+    degrees over the failing inputs (nf = F - ef, and so on). Every metric reads them as is."""
+
+    graded: ClassVar[bool] = True
 
 
 def safe_divide(numerator: Any, denominator: Any) -> np.ndarray:

@@ -22,7 +22,7 @@ from torch import nn
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.hooks import on_forward
-from qnnrepair.localization.metrics import SpectrumCounts
+from qnnrepair.localization.metrics import GradedSpectrumCounts, SpectrumCounts
 from qnnrepair.localization.states import (
     FloatStats,
     RunningMoments,
@@ -129,7 +129,7 @@ def record_spectrum(
                         f"state rule {rule.name!r} returned shape {tuple(deviating.shape)} for "
                         f"layer {layer!r}, expected {(len(labels), a_float.shape[1])}"
                     )
-                counter.add_layer(layer, deviating.bool(), passing, failing)
+                counter.add_layer(layer, _degrees(rule, layer, deviating), passing, failing)
 
     spectrum = counter.result(oracle, rule)
     logger.debug("recorded %r", spectrum)
@@ -210,8 +210,9 @@ class _SpectrumCounter:
     def add_layer(
         self, layer: str, deviating: torch.Tensor, passing: torch.Tensor, failing: torch.Tensor
     ) -> None:
-        failed = deviating[failing].sum(0, dtype=torch.int64).cpu()
-        passed = deviating[passing].sum(0, dtype=torch.int64).cpu()
+        dtype = torch.float64 if deviating.is_floating_point() else torch.int64
+        failed = deviating[failing].sum(0, dtype=dtype).cpu()
+        passed = deviating[passing].sum(0, dtype=dtype).cpu()
         if layer not in self.failed_deviating:
             self.failed_deviating[layer], self.passed_deviating[layer] = failed, passed
             return
@@ -230,13 +231,26 @@ class _SpectrumCounter:
         for layer in self.layers:
             ef = self.failed_deviating[layer].numpy()
             ep = self.passed_deviating[layer].numpy()
-            counts[layer] = SpectrumCounts(
+            kind = GradedSpectrumCounts if rule.graded else SpectrumCounts
+            counts[layer] = kind(
                 failed_deviating=ef,
                 passed_deviating=ep,
                 failed_not_deviating=self.n_failed - ef,
                 passed_not_deviating=self.n_passed - ep,
             )
         return Spectrum(counts, self.n_passed, self.n_failed, self.n_skipped, oracle, rule)
+
+
+def _degrees(rule: StateRule, layer: str, deviating: torch.Tensor) -> torch.Tensor:
+    """A binary rule's states as bool; a graded rule's degrees as float64, checked in [0, 1]."""
+    if not rule.graded:
+        return deviating.bool()
+    degrees = deviating.double()
+    if not bool(((degrees >= 0) & (degrees <= 1)).all()):
+        raise QnnRepairError(
+            f"graded state rule {rule.name!r} gave degrees outside [0, 1] for layer {layer!r}"
+        )
+    return degrees
 
 
 def _float_stats(

@@ -3,7 +3,8 @@
 A rule sees the float and quantized pre-activations of one layer on one batch, `a_float` and
 `a_quant` of shape (B, C) for Linear or (B, C, H, W) for conv (any (B, C, *positions) works), and
 returns a bool tensor (B, C): True where neuron c deviates on input b. A deviating neuron is
-"covered" in spectrum terms.
+"covered" in spectrum terms. Graded rules (`graded = True`) return a float tensor (B, C) of
+degrees in [0, 1] instead; the counts are then sums of degrees (GradedSpectrumCounts).
 
 Rules that compare against the natural spread of a neuron (`needs_float_stats = True`) receive
 that neuron's `FloatStats`: mean and std of the float pre-activation over all repair inputs and
@@ -103,11 +104,13 @@ class StateRule:
 
     name: ClassVar[str] = ""
     needs_float_stats: ClassVar[bool] = False
+    graded: ClassVar[bool] = False
 
     def deviates(
         self, a_float: torch.Tensor, a_quant: torch.Tensor, stats: FloatStats | None
     ) -> torch.Tensor:
-        """Bool tensor (B, C): True where neuron c of the quantized layer deviates on input b."""
+        """Bool tensor (B, C): True where neuron c of the quantized layer deviates on input b
+        (graded rules: degrees in [0, 1], float)."""
         raise NotImplementedError
 
 
@@ -181,18 +184,25 @@ class RelativeError(StateRule):
         _check_fraction("tau", self.tau, upper_open=False)
 
     def deviates(self, a_float, a_quant, stats):
-        _check_same_shape(a_float, a_quant)
-        if stats is None:
-            raise QnnRepairError("the relative_error rule needs the float statistics of the layer")
-        if stats.n_neurons != a_float.shape[1]:
-            raise QnnRepairError(
-                f"float statistics cover {stats.n_neurons} neurons, the layer has "
-                f"{a_float.shape[1]}"
-            )
-        error = (per_position(a_quant).double() - per_position(a_float).double()).abs().mean(-1)
-        std = stats.std.to(error.device)
-        floor = max(STD_FLOOR_FRACTION * float(std.mean()), torch.finfo(torch.float32).tiny)
-        return error > self.tau * std.clamp(min=floor)
+        error, std = _error_and_std(a_float, a_quant, stats)
+        return error > self.tau * std
+
+
+def _error_and_std(
+    a_float: torch.Tensor, a_quant: torch.Tensor, stats: FloatStats | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over positions |a_Q - a_F| (B, C) and the neuron's floored float std (C,), float64."""
+    _check_same_shape(a_float, a_quant)
+    if stats is None:
+        raise QnnRepairError("this state rule needs the float statistics of the layer")
+    if stats.n_neurons != a_float.shape[1]:
+        raise QnnRepairError(
+            f"float statistics cover {stats.n_neurons} neurons, the layer has {a_float.shape[1]}"
+        )
+    error = (per_position(a_quant).double() - per_position(a_float).double()).abs().mean(-1)
+    std = stats.std.to(error.device)
+    floor = max(STD_FLOOR_FRACTION * float(std.mean()), torch.finfo(torch.float32).tiny)
+    return error, std.clamp(min=floor)
 
 
 @register_state_rule("activation_flip")
@@ -236,3 +246,29 @@ class FlipOrRelativeError(StateRule):
     def deviates(self, a_float, a_quant, stats):
         flip = ActivationFlip(self.rho).deviates(a_float, a_quant)
         return flip | RelativeError(self.tau).deviates(a_float, a_quant, stats)
+
+
+@register_state_rule("graded_error")
+@dataclass(frozen=True)
+class GradedError(StateRule):
+    """Graded: deviates by min(1, mean over positions |a_Q - a_F| / (saturation * std_F)).
+
+    The binary rules saturate at 3-4 bits (E2: nearly every neuron deviates on nearly every
+    input, so the counts tie); a degree keeps the difference between a neuron that is off by a
+    tenth of its spread and one that is off by its whole spread. saturation = 1.0: a neuron off
+    by one float std on an input is as deviating as it gets there (3-bit rounding errors are
+    about 0.3 std, see RelativeError, so typical degrees stay well inside (0, 1)).
+    """
+
+    saturation: float = 1.0
+    needs_float_stats: ClassVar[bool] = True
+    graded: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_fraction("saturation", self.saturation, upper_open=False)
+        if self.saturation == 0:
+            raise QnnRepairError("saturation must be positive, got 0")
+
+    def deviates(self, a_float, a_quant, stats):
+        error, std = _error_and_std(a_float, a_quant, stats)
+        return (error / (self.saturation * std)).clamp(max=1.0)
