@@ -42,9 +42,9 @@ def requantize_fp32(acc: torch.Tensor, scale: torch.Tensor, zero_point: int, lo:
     """XNNPACK fp32 requantization of an integer-valued accumulator (float64 or int tensor):
     float32(acc) * scale, clamped to [lo - zp, hi - zp], rounded half to even, plus zp.
     `scale` broadcasts against `acc` (per channel: shape (C, 1, 1))."""
-    y = acc.to(torch.float32) * scale.to(torch.float32)
-    y = torch.clamp(y, lo - zero_point, hi - zero_point)
-    return torch.round(y) + zero_point  # torch.round: half to even, like lrintf
+    y = acc.to(torch.float32).mul_(scale.to(torch.float32))
+    y.clamp_(lo - zero_point, hi - zero_point).round_()  # round_: half to even, like lrintf
+    return y.add_(zero_point)
 
 
 def round_half_away(x: torch.Tensor) -> torch.Tensor:

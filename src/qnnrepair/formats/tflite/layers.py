@@ -63,9 +63,8 @@ class _TFLiteLayer(nn.Module):
 
     def input_int(self, x: torch.Tensor) -> torch.Tensor:
         """Centred integer input q_x - z_x (float tensor of integers) from real units."""
-        q = torch.clamp(torch.round(x / self.input_scale) + self.input_zero_point,
-                        self.act_qmin, self.act_qmax)
-        return q - self.input_zero_point
+        z = int(self.input_zero_point)
+        return torch.round(x / self.input_scale).clamp_(self.act_qmin - z, self.act_qmax - z)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as the integer kernel sees it, in real units."""
@@ -93,8 +92,8 @@ class _TFLiteLayer(nn.Module):
 
     def _accumulate(self, x: torch.Tensor, op) -> torch.Tensor:
         dtype = self.accumulator_dtype()
-        acc = op(self.input_int(x).to(dtype), self.weight_int.to(dtype))
-        return acc.double() + self.bias_int.double().reshape(self._channel_shape())
+        acc = op(self.input_int(x).to(dtype), self.weight_int.to(dtype)).double()
+        return acc.add_(self.bias_int.double().reshape(self._channel_shape()))
 
     def accumulator(self, x: torch.Tensor) -> torch.Tensor:
         """The int32 accumulator sum (q_x - z_x)(q_w - z_w) + bias_int, as float64."""
@@ -105,7 +104,7 @@ class _TFLiteLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation in real units (float64, so the accumulator stays recoverable)."""
-        return self.accumulator(x) * self.bias_scale().double().reshape(self._channel_shape())
+        return self.accumulator(x).mul_(self.bias_scale().double().reshape(self._channel_shape()))
 
 
 class TFLiteConv2d(_TFLiteLayer):

@@ -33,7 +33,7 @@ class QParams:
         return torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
 
     def to_real(self, q: torch.Tensor) -> torch.Tensor:
-        return ((q - self.zero_point) * self.scale).to(torch.float32)
+        return q.to(torch.float32).sub_(self.zero_point).mul_(self.scale)
 
 
 def to_nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,8 @@ class ConvOp(TFLiteOp):
         if not isinstance(self.conv, TFLITE_LAYERS):
             return ar.float_activation(pre, self.activation)
         shape = self.conv._channel_shape()
-        acc = torch.round(pre / self.conv.bias_scale().double().reshape(shape))
+        # not in place: a forward hook on the layer may hold `pre`
+        acc = (pre / self.conv.bias_scale().double().reshape(shape)).round_()
         scale = torch.from_numpy(ar.requant_scale(float(self.conv.input_scale),
                                                   self.conv.weight_scale.numpy(),
                                                   self.out_q.scale)).reshape(shape)
