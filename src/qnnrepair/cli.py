@@ -306,8 +306,9 @@ def cmd_train(args) -> int:
 
 def cmd_bench(args) -> int:
     from dataclasses import replace
+    from functools import partial
 
-    from qnnrepair.bench import BenchConfig, BenchRecord, run_setting
+    from qnnrepair.bench import BenchConfig, BenchRecord, run_bench
     from qnnrepair.pipeline import prepare
     from qnnrepair.report import machine
 
@@ -337,20 +338,13 @@ def cmd_bench(args) -> int:
     record = BenchRecord(args.output / args.name, key, fresh=args.fresh)
     piece = {"command": shlex.join(["qnnrepair", *args.argv]), "machine": machine(),
              "wall_s": 0.0, "done": []}
-    start = time.perf_counter()
-    for model, weights in models:
-        todo = [s for s in settings if not record.done(model, s)]
-        if not todo:
-            continue
-        workload = prepare(model, weights, args.data, args.test_data, n_repair=args.n_repair,
-                           n_validation=args.n_validation, n_test=n_test, seed=args.seed)
-        for setting in todo:
-            rows = run_setting(workload, setting, config, show_progress=args.progress)
-            piece["done"].append(f"{model} {setting}")
-            piece["wall_s"] = time.perf_counter() - start
-            record.add(rows, piece)
-            print(f"{model} {setting}: " + ", ".join(
-                f"{r['method']} {r['result']['test']:.2f}" for r in rows), flush=True)
+    workloads = [(model, partial(prepare, model, weights, args.data, args.test_data,
+                                 n_repair=args.n_repair, n_validation=args.n_validation,
+                                 n_test=n_test, seed=args.seed)) for model, weights in models]
+    for model, setting, rows in run_bench(record, workloads, settings, config, piece,
+                                          show_progress=args.progress):
+        print(f"{model} {setting}: " + ", ".join(
+            f"{r['method']} {r['result']['test']:.2f}" for r in rows), flush=True)
     if not piece["done"]:
         print(f"nothing to run: {args.output / args.name}.json has every model and setting "
               "asked for (--fresh runs them again)")

@@ -1,0 +1,93 @@
+"""Resuming and merging: the rows of a bench run in <stem>.json, beside their table and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qnnrepair.bench.render import plot, render_markdown
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.fileio import atomic_path
+
+
+class BenchRecord:
+    """The rows of one bench run, kept in <stem>.json and rewritten with the Markdown table and
+    the plot after every (model, setting), so that a long run can be split into invocations:
+    each skips the pieces it finds. `key` (config and splits) must match the file's."""
+
+    def __init__(self, stem: Path, key: dict, fresh: bool = False) -> None:
+        self.stem, self.key = stem, json.loads(json.dumps(key))  # tuples read back as lists
+        self.rows: list[dict] = []
+        self.pieces: list[dict] = []
+        path = stem.with_suffix(".json")
+        if fresh or not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        if saved["meta"].get("key") != self.key:
+            raise QnnRepairError(f"{path} holds a bench run with other settings; pass --fresh "
+                                 "to start it again or --name for a new file")
+        self.rows, self.pieces = saved["rows"], saved["meta"]["pieces"]
+
+    def __repr__(self) -> str:
+        return f"BenchRecord({str(self.stem)!r}, {len(self.rows)} rows, {len(self.pieces)} pieces)"
+
+    @classmethod
+    def merged(cls, paths: list[Path], stem: Path) -> BenchRecord:
+        """One record from runs split over processes or machines (each its own file): same key,
+        no (model, setting) twice. The inputs are read, never written."""
+        if stem.with_suffix(".json").resolve() in {p.resolve() for p in paths}:
+            raise QnnRepairError(f"--merge would overwrite its input {stem}.json; pick another "
+                                 "--name")
+        saved = [_read_run(path) for path in paths]
+        record = cls(stem, saved[0]["meta"]["key"], fresh=True)
+        for path, run in zip(paths, saved):
+            if run["meta"]["key"] != record.key:
+                raise QnnRepairError(f"{path} ran with other settings than {paths[0]}; only runs "
+                                     "of the same config, seed and sizes merge")
+            clash = next((r for r in run["rows"] if record.done(r["model"], r["setting"])), None)
+            if clash:
+                raise QnnRepairError(f"{path} repeats {clash['model']} {clash['setting']}; "
+                                     "merge runs of different (model, setting) pieces")
+            record.rows += run["rows"]
+            record.pieces += run["meta"]["pieces"]
+        return record
+
+    def done(self, model: str, setting: str) -> bool:
+        return any(r["model"] == model and r["setting"] == setting for r in self.rows)
+
+    def add(self, rows: list[dict], piece: dict) -> None:
+        """Append one (model, setting)'s rows; `piece` is this invocation's command and clock,
+        replaced as the invocation goes on."""
+        self.rows += rows
+        if not self.pieces or self.pieces[-1] is not piece:
+            self.pieces.append(piece)
+        self.write()
+
+    def meta(self) -> dict:
+        return {"key": self.key, "pieces": self.pieces,
+                "wall_s": sum(p["wall_s"] for p in self.pieces)}
+
+    def write(self) -> None:
+        """<stem>.json, and the .md table and .png plot drawn from it."""
+        meta = self.meta()
+        with atomic_path(self.stem.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=1))
+        with atomic_path(self.stem.with_suffix(".md")) as tmp:
+            tmp.write_text(render_markdown(self.rows, meta))
+        with atomic_path(self.stem.with_suffix(".png")) as tmp:
+            plot(self.rows, tmp)
+
+
+def _read_run(path: Path) -> dict:
+    """A bench .json file, checked for the parts that merging uses."""
+    hint = "--merge takes the .json files that bench wrote"
+    try:
+        run = json.loads(path.read_text())
+    except OSError as err:
+        raise QnnRepairError(f"cannot read {path} ({err.strerror}); {hint}") from None
+    except ValueError:
+        run = None
+    meta = run.get("meta") if isinstance(run, dict) else None
+    if not (isinstance(meta, dict) and {"key", "pieces"} <= meta.keys() and "rows" in run):
+        raise QnnRepairError(f"{path} is not a bench results file; {hint}")
+    return run
