@@ -8,6 +8,7 @@
     sign.py         sign constraints on raw rows        (formulation "sign", the paper's)
     formulation.py  what a formulation sees of a layer, the registry
     backend.py      where LPs are solved: the local process pool, or a registered backend
+    ray_backend.py  the backend "ray": LPs in batches as Ray tasks (Ray imported on first use)
     highs.py        the HiGHS driver
 """
 
@@ -31,6 +32,7 @@ from qnnrepair.repair.lp.formulation import (
 )
 from qnnrepair.repair.lp.margin import MarginProblem, solve_margin_lp
 from qnnrepair.repair.lp.neuron import NeuronProblem, solve_neuron_lp
+from qnnrepair.repair.lp.ray_backend import RayPool  # registers the backend "ray"
 from qnnrepair.repair.lp.result import (
     KAPPA_STEPS,
     LAM_STEPS,
@@ -42,7 +44,7 @@ from qnnrepair.repair.lp.result import (
 
 __all__ = [
     "BACKENDS", "FORMULATIONS", "KAPPA_STEPS", "LAM_STEPS", "NORMS", "Formulation", "LPBackend",
-    "LPProblem", "LPResult", "LayerLP", "LocalPool", "MarginProblem", "NeuronProblem",
+    "LPProblem", "LPResult", "LayerLP", "LocalPool", "MarginProblem", "NeuronProblem", "RayPool",
     "even_stride", "formulation_names", "get_formulation", "make_backend", "register_backend",
     "register_formulation", "select_rows", "solve_many", "solve_margin_lp", "solve_neuron_lp",
 ]

@@ -1,0 +1,181 @@
+"""The Ray LP backend: the same bytes as the local pool, retries of killed workers, one-line
+errors. One local Ray (2 CPUs) serves the whole module; skipped if Ray is missing or will not
+start."""
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.quantization import QuantConfig, quantize
+from qnnrepair.repair import Repairer, preset
+from qnnrepair.repair.lp import LocalPool, NeuronProblem, RayPool, make_backend
+from qnnrepair.repair.lp.ray_backend import MAX_BATCH, MIN_BATCH, batch_bounds
+from qnnrepair.testing import blob_data, trained_tiny_net
+
+
+def tiny_case(seed: int = 7):
+    """A trained tiny net at W2A4 (broken enough to repair), repair and validation sets."""
+    model = trained_tiny_net(seed=seed % 3)
+    images, labels = blob_data(300, seed=seed)
+    qmodel = quantize(model, QuantConfig.from_setting("w2a4", first_last_bits=None), images[:150])
+    return qmodel, images[:150], labels[:150], images[150:], labels[150:]
+
+
+def repaired_state(backend, seed: int = 7) -> dict[str, np.ndarray]:
+    """The integers of the repaired model, and of the top-16 neurons' candidate (which the
+    tiny repair may reject, but whose LPs change integers), and each step's validation."""
+    qmodel, r_x, r_y, v_x, v_y = tiny_case(seed)
+    config = preset("default", n_workers=2, max_rows=200, seed=seed)
+    repairer = Repairer(config, backend=backend).fit(qmodel, r_x, r_y, v_x, v_y)
+    candidate, changes, _ = repairer.repair_neurons(qmodel, repairer.ranking_[:16], r_x, r_y)
+    assert changes, "the top-16 candidate changed nothing: the comparison would be empty"
+    state = {f"repaired {k}": v.numpy() for k, v in repairer.repaired_.integer_state().items()}
+    state |= {f"candidate {k}": v.numpy() for k, v in candidate.integer_state().items()}
+    state["validation"] = np.array([s.validation_accuracy for s in repairer.steps_])
+    return state
+
+
+def tiny_problem(seed: int = 0) -> NeuronProblem:
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(40, 12))
+    weight = rng.integers(-3, 4, 12)
+    target = 0.1 * (inputs @ (weight + rng.integers(-1, 2, 12))) + 0.05
+    return NeuronProblem(inputs, target, weight, 0.1, 0.0, -7, 7)
+
+
+@dataclass(frozen=True)
+class DiesOnce:
+    """Kills the worker that solves it, the first time only (a file marks that it died)."""
+
+    marker: str
+    problem: NeuronProblem
+
+    def solve(self):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.problem.solve()
+
+
+@dataclass(frozen=True)
+class AlwaysDies:
+    def solve(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class BadInput:
+    def solve(self):
+        raise QnnRepairError("inputs must be (N, J): a problem's own error")
+
+
+@pytest.fixture(scope="module")
+def local_states():
+    """The local pool's answers, computed before Ray starts (its pool forks this process)."""
+    return {n: repaired_state(LocalPool(n_workers=n)) for n in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def ray_session(local_states):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'qnnrepair[ray]'")
+    from ray import cloudpickle
+
+    # Workers cannot import this test module: send its problem classes by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
+    except Exception as err:  # no shared memory, no free ports, ...
+        pytest.skip(f"a local Ray with 2 CPUs would not start: {err}")
+    yield ray
+    ray.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_batches_cover_every_problem_once_in_order():
+    for n_problems in (0, 1, 3, 7, 64, 1000):
+        for n_slots in (1, 2, 8, 64):
+            bounds = batch_bounds(n_problems, n_slots)
+            assert [i for lo, hi in bounds for i in range(lo, hi)] == list(range(n_problems))
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes, default=0) <= MAX_BATCH
+            if n_problems >= MIN_BATCH * n_slots:
+                assert min(sizes[:-1], default=MIN_BATCH) >= MIN_BATCH, (n_problems, n_slots)
+            if n_problems >= n_slots:
+                assert len(bounds) >= n_slots, f"{n_problems} LPs left slots idle: {bounds}"
+    assert batch_bounds(10, 2, batch_size=3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+def test_local_pool_sizes_agree(local_states):
+    one, two = local_states[1], local_states[2]
+    for key in one:
+        assert one[key].tobytes() == two[key].tobytes(), f"{key}: 1 vs 2 local workers differ"
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_ray_repair_is_byte_identical_to_the_local_pool(ray_session, local_states, batch_size):
+    state = repaired_state(RayPool(n_workers=2, batch_size=batch_size))
+    reference = local_states[2]
+    assert state.keys() == reference.keys()
+    for key in reference:
+        ours, theirs = state[key], reference[key]
+        assert ours.tobytes() == theirs.tobytes(), (
+            f"{key}: {int((ours != theirs).sum())} integers differ from the local pool")
+
+
+def test_ray_backend_by_name_from_the_config(ray_session):
+    backend = make_backend("ray", n_workers=2)
+    problems = [tiny_problem(s) for s in range(9)]
+    got = backend.solve(problems)
+    for problem, result in zip(problems, got):
+        expected = problem.solve()
+        assert np.array_equal(result.delta_weight, expected.delta_weight)
+        assert result.objective_rounded == expected.objective_rounded
+        result.delta_weight[0] += 0  # the caller's arrays are writable, as from a local pool
+    assert backend.stats_["tasks"] >= 2
+
+
+def test_a_killed_worker_is_retried(ray_session, tmp_path):
+    problems = [tiny_problem(s) for s in range(6)]
+    dies = DiesOnce(str(tmp_path / "died"), problems[2])
+    got = RayPool(n_workers=2, batch_size=2).solve(problems[:2] + [dies] + problems[3:])
+    assert (tmp_path / "died").exists(), "the worker was never killed: the test tests nothing"
+    for problem, result in zip(problems, got):
+        assert np.array_equal(result.delta_weight, problem.solve().delta_weight)
+
+
+def test_a_worker_that_always_dies_stops_with_one_line(ray_session):
+    pool = RayPool(n_workers=2, batch_size=1, max_retries=1)
+    with pytest.raises(QnnRepairError) as info:
+        pool.solve([tiny_problem(0), AlwaysDies(), tiny_problem(1)])
+    message = str(info.value)
+    print(message)
+    assert "\n" not in message and "after 1 retries" in message
+
+
+def test_a_problem_error_reaches_the_caller_unchanged(ray_session):
+    with pytest.raises(QnnRepairError, match="a problem's own error"):
+        RayPool(n_workers=2).solve([tiny_problem(0), BadInput()])
+
+
+def test_an_unreachable_address_is_one_line_naming_it_within_seconds():
+    """In a fresh process (this one may have a Ray running), through RAY_ADDRESS."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'qnnrepair[ray]'")
+    code = ("from qnnrepair.repair.lp import make_backend, NeuronProblem\n"
+            "import numpy as np\n"
+            "p = NeuronProblem(np.ones((2, 2)), np.ones(2), np.zeros(2, int), 1.0, 0.0, -1, 1)\n"
+            "make_backend('ray', n_workers=1, connect_timeout_s=2).solve([p])\n")
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    last = done.stderr.strip().splitlines()[-1]
+    print(last)
+    assert done.returncode != 0
+    assert last.startswith("qnnrepair.errors.QnnRepairError: cannot reach the Ray cluster at "
+                           "127.0.0.1:1"), last
