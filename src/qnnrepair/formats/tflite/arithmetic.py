@@ -15,8 +15,6 @@ copies one kernel family, and says which:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -122,7 +120,3 @@ def exact_in_float32(bound: float) -> bool:
     """True when every partial sum of an accumulation bounded by `bound` is an integer that
     float32 holds exactly (below 2^24), so a float32 convolution is an integer one."""
     return bound < 2**24
-
-
-def log2_ceil(x: float) -> int:
-    return math.ceil(math.log2(max(x, 1.0)))

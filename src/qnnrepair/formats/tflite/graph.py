@@ -20,7 +20,7 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats.tflite import ops
 from qnnrepair.formats.tflite.arithmetic import QRANGE
 from qnnrepair.formats.tflite.layers import TFLiteConv2d, TFLiteLinear
-from qnnrepair.formats.tflite.reader import Tensor, TFLiteFile, read_tflite
+from qnnrepair.formats.tflite.reader import DTYPES, Tensor, TFLiteFile, read_tflite
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D",
                  "MAX_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "PAD", "SOFTMAX", "QUANTIZE",
@@ -131,7 +131,7 @@ def _check_integer(source: TFLiteFile, op, tensors: list[int]) -> None:
                 "not fully integer-quantized"
             raise QnnRepairError(
                 f"{Path(source.path).name} is {kind}: {op.op} (operator {op.index}) has "
-                f"{t.dtype.name if t.type in (0, 1, 2, 3, 7, 9, 10) else t.type} tensor "
+                f"{t.dtype.name if t.type in DTYPES else f'type-{t.type}'} tensor "
                 f"{t.name!r}; convert it with full-integer quantization (int8 or uint8)")
 
 
