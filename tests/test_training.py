@@ -246,4 +246,8 @@ def test_real_cifar_slice(tmp_path, capsys):
     row = json.loads(log_path(tmp_path / "conv3.pt").read_text().splitlines()[-1])
     print(row)
     assert np.isfinite(row["train_loss"]) and row["train_loss"] < 10
-    assert load_model("conv3", tmp_path / "conv3.pt") is not None
+    saved = torch.load(tmp_path / "conv3.pt", weights_only=True)
+    loaded = load_model("conv3", tmp_path / "conv3.pt").state_dict()
+    assert loaded.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), f"{key}: loaded weights differ from the file"
