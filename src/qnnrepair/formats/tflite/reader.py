@@ -116,9 +116,8 @@ def read_tflite(path: str | Path) -> TFLiteFile:
     try:
         return _decode(buf, str(path))
     except (IndexError, struct.error, ValueError, TypeError) as exc:
-        raise QnnRepairError(f"{path} is truncated or damaged ({type(exc).__name__} while "
-                             f"reading it at {len(buf)} bytes): re-export or re-download it"
-                             ) from None
+        raise QnnRepairError(f"{path} is truncated or damaged (a part of it lies past its "
+                             f"{len(buf)} bytes: {exc}): re-export or re-download it") from None
 
 
 def _check_range(start: int, length: int, size: int, what: str) -> None:
