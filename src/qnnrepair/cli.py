@@ -70,6 +70,13 @@ def _add_repair(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-budget", type=float, help="seconds for the LP loop")
     g.add_argument("--milp", action="store_true", help="integer LPs with a time limit")
     g.add_argument("--workers", type=int, help="processes solving LPs (default 2)")
+    from qnnrepair.repair.lp import BACKENDS
+
+    g.add_argument("--backend", choices=tuple(BACKENDS),
+                   help="where LPs are solved: local processes (default) or a Ray cluster")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="the Ray cluster to solve LPs on (implies --backend ray; default: "
+                        "RAY_ADDRESS, else a local Ray of --workers CPUs)")
 
 
 def _quant_config(args):
@@ -94,9 +101,13 @@ def _repair_config(args):
 
     names = {"metric": "metric", "state_rule": "state_rule", "oracle": "oracle",
              "layers": "layers", "max_neurons": "max_neurons", "time_budget": "time_budget_s",
-             "workers": "n_workers"}
+             "workers": "n_workers", "backend": "backend"}
     overrides = {field: getattr(args, arg) for arg, field in names.items()
                  if getattr(args, arg) is not None}
+    if args.ray_address is not None:
+        if overrides.setdefault("backend", "ray") != "ray":
+            raise QnnRepairError(f"--ray-address needs --backend ray, not {args.backend}")
+        os.environ["RAY_ADDRESS"] = args.ray_address  # read by the ray backend (and by Ray)
     if args.milp:
         overrides["integer"] = True
     overrides["seed"] = args.seed
