@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
 from qnnrepair.repair.lp import LocalPool, NeuronProblem, RayPool, make_backend
 from qnnrepair.repair.lp.ray_backend import MAX_BATCH, MIN_BATCH, batch_bounds
-from qnnrepair.testing import blob_data, trained_tiny_net
+from qnnrepair.testing import TINY_MODEL_SPEC, blob_data, trained_tiny_net, write_tiny_task
 
 
 def tiny_case(seed: int = 7):
@@ -164,18 +165,26 @@ def test_a_problem_error_reaches_the_caller_unchanged(ray_session):
         RayPool(n_workers=2).solve([tiny_problem(0), BadInput()])
 
 
-def test_an_unreachable_address_is_one_line_naming_it_within_seconds():
-    """In a fresh process (this one may have a Ray running), through RAY_ADDRESS."""
+def test_cli_ray_address_unreachable_is_one_line_naming_it_and_writes_nothing(tmp_path):
+    """`qnnrepair repair --ray-address` in a fresh process (this one may have a Ray running)."""
     pytest.importorskip("ray", reason="Ray is not installed: pip install 'qnnrepair[ray]'")
-    code = ("from qnnrepair.repair.lp import make_backend, NeuronProblem\n"
-            "import numpy as np\n"
-            "p = NeuronProblem(np.ones((2, 2)), np.ones(2), np.zeros(2, int), 1.0, 0.0, -1, 1)\n"
-            "make_backend('ray', n_workers=1, connect_timeout_s=2).solve([p])\n")
-    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=60)
-    last = done.stderr.strip().splitlines()[-1]
-    print(last)
-    assert done.returncode != 0
-    assert last.startswith("qnnrepair.errors.QnnRepairError: cannot reach the Ray cluster at "
-                           "127.0.0.1:1"), last
+    write_tiny_task(tmp_path)
+    output = tmp_path / "repaired.qnn"
+    argv = ["--no-progress", "repair", "--model", TINY_MODEL_SPEC, "--weights",
+            str(tmp_path / "weights.pt"), "--data", str(tmp_path / "data.npz"), "--n-repair", "60",
+            "--n-validation", "60", "--setting", "w2a4", "--workers", "1", "--ray-address",
+            "127.0.0.1:1", "--output", str(output)]
+    code = "import sys; from qnnrepair.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True,
+                          text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    lines = done.stderr.strip().splitlines()
+    print(f"{seconds:.1f} s: {lines}")
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == lines[-1:] and errors[0].startswith(
+        "qnnrepair: error: cannot reach the Ray cluster at 127.0.0.1:1"), lines
+    assert not list(tmp_path.glob("repaired*")), "a failed repair wrote files"
