@@ -19,6 +19,9 @@ def files(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8),
              y=rng.integers(0, 4, 120))
+    # held-out images (validation is drawn from them when given as --test-data)
+    np.savez(tmp_path / "test.npz", x=rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8),
+             y=rng.integers(0, 4, 120))
     torch.save(tiny_conv_net().state_dict(), tmp_path / "weights.pt")
     torch.save(build_model("resnet20").state_dict(), tmp_path / "resnet20.pt")
     return tmp_path
@@ -54,7 +57,8 @@ def test_quantize_evaluate_localize_repair(files, capsys):
                        str(files / "data.npz"), "--n-repair", "40", "--n-validation", "40",
                        "--output", str(ranking))
     assert code == 0
-    assert len(json.loads(ranking.read_text())["ranking"]) == 6 + 8 + 4  # every neuron ranked
+    # the neurons `repair` ranks by default: every hidden layer's (not the output layer's)
+    assert len(json.loads(ranking.read_text())["ranking"]) == 6 + 8
 
     out_model = files / "repaired.qnn"
     code, out, _ = run(capsys, "repair", "--quantized", str(q), "--data",
@@ -114,7 +118,7 @@ def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
     out = files / "results"
     out.mkdir()
     argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
-            str(files / "data.npz"), "--test-data", str(files / "data.npz"), "--settings", "w3a4",
+            str(files / "data.npz"), "--test-data", str(files / "test.npz"), "--settings", "w3a4",
             "--n-repair", "40", "--n-validation", "40", "--output", str(out)]
     code, text, err = run(capsys, *argv)
     assert code == 0, err
@@ -136,7 +140,7 @@ def test_bench_runs_split_into_files_merge_into_one_table(files, capsys):
     out = files / "results"
     out.mkdir()
     argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
-            str(files / "data.npz"), "--test-data", str(files / "data.npz"), "--n-repair", "40",
+            str(files / "data.npz"), "--test-data", str(files / "test.npz"), "--n-repair", "40",
             "--n-validation", "40", "--output", str(out)]
     for setting in ("w3a4", "w4a4"):
         code, _, err = run(capsys, *argv, "--settings", setting, "--name", setting)

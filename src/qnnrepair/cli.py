@@ -59,7 +59,9 @@ def _add_quant(p: argparse.ArgumentParser) -> None:
 def _add_repair(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("repair")
     g.add_argument("--preset", default="default", help="default or paper")
-    g.add_argument("--metric", help="suspiciousness metric (tarantula, ochiai, dstar, ...)")
+    g.add_argument("--metric", help="how neurons are blamed: gradient (first-order output "
+                   "blame), counterfactual (exact, slow), or an SBFL metric (ochiai, tarantula, "
+                   "dstar, ...)")
     g.add_argument("--state-rule", help="neuron-state rule (relative_error, activation_flip, ...)")
     from qnnrepair.outcomes import ORACLES
     from qnnrepair.repair.config import LAYER_CHOICES
@@ -208,28 +210,27 @@ def cmd_evaluate(args) -> int:
 
 def cmd_localize(args) -> int:
     from qnnrepair.fileio import write_text
-    from qnnrepair.localization import SpectrumLocalizer
-    from qnnrepair.quantization import batches
+    from qnnrepair.repair.engine import fit_localizer
 
     workload, quantized = _workload(args)
     qmodel = _quantized(args, workload, quantized)
     config = _repair_config(args)
-    layers = qmodel.layers[-1:] if config.layers == "last" else qmodel.layers
-    images, labels = workload.images("repair"), workload.labels("repair")
-    localizer = SpectrumLocalizer(metric=config.metric, state_rule=config.state_rule,
-                                  oracle=config.oracle, seed=args.seed).fit(
-        qmodel.float_model, qmodel.model, layers,
-        list(zip(batches(images, 250), batches(labels, 250))), show_progress=args.progress)
-    spectrum = localizer.spectrum_
-    print(f"{spectrum.n_failed} failing, {spectrum.n_passed} passing, "
-          f"{spectrum.n_skipped} skipped repair inputs; metric {config.metric}")
+    metric = config.localization.metric
+    localizer = fit_localizer(qmodel, workload.images("repair"), workload.labels("repair"),
+                              config, show_progress=args.progress)
+    spectrum = getattr(localizer, "spectrum_", None)  # SBFL metrics only
+    if spectrum is not None:
+        print(f"{spectrum.n_failed} failing, {spectrum.n_passed} passing, "
+              f"{spectrum.n_skipped} skipped repair inputs; metric {metric}")
+    else:
+        print(f"{len(workload.labels('repair'))} repair inputs; metric {metric}")
     ranking = [{"neuron": str(n), "layer": n.layer, "index": n.index,
                 "score": float(localizer.scores_[n.layer][n.index])}
                for n in localizer.ranking_]
     for row in ranking[:args.top]:
         print(f"  {row['neuron']:<24} {row['score']:.4f}")
     if args.output is not None:
-        write_text(args.output, json.dumps({"metric": config.metric, "ranking": ranking},
+        write_text(args.output, json.dumps({"metric": metric, "ranking": ranking},
                                            indent=1))
         print(f"wrote {args.output}")
     return 0
@@ -247,7 +248,7 @@ def cmd_repair(args) -> int:
         check_output_folder(args.report_html)
     workload, quantized = _workload(args)
     qmodel = _quantized(args, workload, quantized)
-    result = run_repair(workload, qmodel.config, _repair_config(args), quantized=qmodel,
+    result = run_repair(workload, None, _repair_config(args), quantized=qmodel,
                         show_progress=args.progress)
     text = result.report.to_text()
     page = None

@@ -9,20 +9,28 @@ from qnnrepair.progress import progress
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
-            show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
-    """Predicted class per image (int64), in eval mode; every module's train/eval flag is
+def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+              show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
+    """The model's outputs (N, classes), in eval mode; every module's train/eval flag is
     restored afterwards, also when the forward pass raises."""
     flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         chunks = range(0, len(images), batch_size)
-        preds = [model(images[i:i + batch_size]).argmax(dim=1)
+        parts = [model(images[i:i + batch_size])
                  for i in progress(chunks, show_progress, desc=desc)]
     finally:
         for module, training in flags:
             module.training = training
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+    return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+            show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
+    """Predicted class per image (int64), in eval mode (flags restored, see logits_of)."""
+    if len(images) == 0:
+        return torch.empty(0, dtype=torch.int64)
+    return logits_of(model, images, batch_size, show_progress, desc).argmax(dim=1)
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> float:

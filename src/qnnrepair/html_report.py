@@ -106,7 +106,8 @@ def _accuracy(report: RepairReport) -> str:
 
 def _ranking(report: RepairReport) -> str:
     head = (f"<h2>Suspiciousness ranking</h2>\n<p class=\"sub\">Top {len(report.top_neurons)} "
-            f"neurons by the <code>{_e(report.repair_config['localization']['metric'])}</code> score "
+            f"neurons by the <code>{_e(report.repair_config['localization']['metric'])}</code> "
+            "score "
             "on the repair set, most suspicious first, coloured by layer.</p>")
     if not report.top_neurons:
         return head + "<p>No neuron was ranked.</p>"

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make_splits, to_tensor
+from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import per_class_accuracy, predict
 from qnnrepair.models import ModelInfo, load_model, model_info
@@ -28,7 +29,6 @@ from qnnrepair.report import RepairReport
 
 logger = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("repair", "validation", "test")
 
 
 @dataclass
@@ -81,25 +81,30 @@ def probe_classes(model: nn.Module, model_spec: str, data: Dataset) -> int:
 def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
             test_data: str | Path | None = None, *, n_repair: int = 1000,
             n_validation: int = 1000, n_test: int | None = None, seed: int = 0,
-            num_classes: int = 10, model: nn.Module | None = None) -> Workload:
+            num_classes: int = 10, model: nn.Module | None = None,
+            validation_data: str | Path | None = None) -> Workload:
     """Load the model (unless given) and the data, check they fit, and draw the splits.
 
-    R and V come from `data`'s training split; T is `test_data`'s test split, or further
-    images of `data` when no test data is given.
+    R comes from `data`'s training split. V comes from `validation_data` when given, else
+    from `test_data`'s test split (disjoint from T, which is the rest of it), else from
+    `data` (with a warning: the float model may have been trained on it). T is `test_data`'s
+    test split, or further images of `data` when no test data is given.
     """
     if n_repair == 0:
         raise QnnRepairError("the repair set is empty (n_repair 0): it calibrates the quantizer "
                              "and drives localization and the LPs; draw at least one image")
     pool = load_dataset(data, split="train")
     test = load_dataset(test_data, split="test") if test_data is not None else None
+    validation = load_dataset(validation_data, split="test") \
+        if validation_data is not None else None
     if model is None:
         model = load_model(model_spec, weights, num_classes=num_classes)
     info = model_info(model_spec, num_classes) if ":" not in model_spec else \
         user_model_info(model_spec, pool, probe_classes(model, model_spec, pool))
-    for dataset in (pool, test):
+    for dataset in (pool, test, validation):
         if dataset is not None:
             check_compatible(dataset, info)
-    splits = make_splits(pool, test, n_repair, n_validation, n_test, seed)
+    splits = make_splits(pool, test, n_repair, n_validation, n_test, seed, validation)
     return Workload(model_spec, model, info, splits, seed)
 
 
@@ -168,4 +173,6 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
         repair_config=repairer.config.to_dict(), seed=workload.seed,
         sizes={s: len(workload.labels(s)) for s in SPLIT_NAMES}, accuracy=acc,
         top_neurons=top, changes=[c.to_dict() for c in repairer.changes_],
-        steps=[s.to_dict() for s in repairer.steps_], timings=timings, per_class=per_class)
+        steps=[s.to_dict() for s in repairer.steps_], timings=timings, per_class=per_class,
+        splits=workload.splits.describe(),
+        validation_divergence=repairer.validation_divergence_)

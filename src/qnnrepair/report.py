@@ -65,6 +65,8 @@ class RepairReport:
     timings: dict[str, float]
     versions: dict[str, str] = field(default_factory=versions)
     per_class: dict[str, list[float]] = field(default_factory=dict)
+    splits: str = ""
+    validation_divergence: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": REPORT_VERSION,
@@ -102,6 +104,12 @@ class RepairReport:
                 name = f"{split} ({self.sizes.get(split, '?')})"
                 lines.append(f"{name:<20}" + "".join(
                     f"{row.get(m, float('nan')):>11.2f}" for m in MODELS))
+        if self.splits:
+            lines.append(f"splits: {self.splits}")
+        kl = self.validation_divergence
+        if kl:
+            lines.append(f"validation KL from float: quantized {kl['quantized']:.4f}, "
+                         f"repaired {kl['repaired']:.4f}")
         lines += ["", "most suspicious neurons: " + ", ".join(
             f"{n} ({s:.3f})" for n, s in self.top_neurons[:8])]
         if not self.steps:

@@ -15,6 +15,7 @@ import torch
 
 from qnnrepair.evaluation import predict
 from qnnrepair.neurons import Neuron
+from qnnrepair.outcomes import outcomes
 from qnnrepair.quantization import QuantizedModel
 from qnnrepair.repair.activations import LayerRecord, record_layers
 from qnnrepair.repair.config import RepairConfig
@@ -50,11 +51,9 @@ class Targets:
     @classmethod
     def of(cls, qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Tensor,
            oracle: str) -> Targets:
-        float_pred = predict(qmodel.float_model, images).numpy()
-        quant_pred = predict(qmodel.model, images).numpy()
-        target = float_pred if oracle == "float" else labels.numpy()
-        float_ok = float_pred == target
-        return cls(target, float_ok, float_ok & (quant_pred != target))
+        seen = outcomes(predict(qmodel.float_model, images), predict(qmodel.model, images),
+                        labels, oracle)
+        return cls(seen.target.numpy(), seen.usable.numpy(), seen.failing.numpy())
 
 
 @dataclass

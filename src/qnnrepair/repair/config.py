@@ -11,17 +11,20 @@ every field name is unique across the parts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.outcomes import ORACLES
 from qnnrepair.repair.layers import LAYER_CHOICES
 from qnnrepair.repair.lp import NORMS, formulation_names
 from qnnrepair.repair.lp.backend import BACKENDS
 
 CONFIG_VERSION = 2  # 1: the flat RepairConfig of qnnrepair 0.1 (22 fields)
 WEIGHT_DOMAINS = ("rounding", "grid")
-SCHEDULES = ("geometric", "linear")
+SCHEDULES = ("geometric", "linear", "blocks")
+CRITERIA = ("kl", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class LocalizationConfig:
     layers: str = "hidden"
 
     def __post_init__(self) -> None:
-        from qnnrepair.localization import ORACLES
+        from qnnrepair.localization import localizer_names
 
+        _choice("metric", self.metric, tuple(localizer_names()))
         _choice("layers", self.layers, LAYER_CHOICES)
         _choice("oracle", self.oracle, ORACLES)
 
@@ -93,27 +97,52 @@ class LPConfig:
 
 @dataclass(frozen=True)
 class AcceptanceConfig:
-    """Which candidates are tried and kept. Candidate N repairs the top-N neurons of the
-    ranking, for N growing by `schedule` (geometric: 1, g, g^2, ..., all with g = `growth`;
-    linear: 1, 2, 3, ...) up to `max_neurons`, within `time_budget_s`; a candidate replaces the
-    best one only if its validation accuracy is not lower. `time_budget_s` is off by default: a
+    """Which candidates are tried and kept. With `schedule` "geometric" or "linear",
+    candidate N repairs the top-N neurons of the ranking on the quantized model, for N growing
+    as 1, g, g^2, ..., all (g = `growth`) or 1, 2, 3, ...; with "blocks", each candidate
+    repairs the next `block_fraction` of the ranking on top of the best model so far, so every
+    LP is solved once. Up to `max_neurons`, within `time_budget_s` (off by default: a
     wall-clock budget makes the result depend on the machine's load, and the same inputs and
-    seed must give the same model."""
+    seed must give the same model).
+
+    `criterion` judges a candidate on V (repair/acceptance.py): "kl" keeps it when the mean
+    KL divergence to the float model's soft predictions drops by at least `min_gain`
+    (relative) and accuracy does not drop, and stops at the first candidate that makes the
+    divergence worse; "accuracy" keeps it when accuracy does not drop (the paper preset)."""
 
     schedule: str = "geometric"
     growth: int = 4
     max_neurons: int | None = None
     time_budget_s: float | None = None
+    criterion: str = "kl"
+    min_gain: float = 0.01
+    block_fraction: float = 0.05
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.block_fraction <= 1.0:
+            raise QnnRepairError(f"block_fraction must be in (0, 1], got {self.block_fraction}")
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("criterion", self.criterion, CRITERIA)
+        if not 0.0 <= self.min_gain < 1.0:
+            raise QnnRepairError(f"min_gain must be in [0, 1), got {self.min_gain}")
         if self.max_neurons is not None and self.max_neurons < 1:
             raise QnnRepairError(f"max_neurons must be at least 1, got {self.max_neurons}")
         if self.growth < 2:
             raise QnnRepairError(f"growth must be at least 2, got {self.growth}")
 
+    def candidates(self, n_neurons: int) -> list[tuple[int, int]]:
+        """(first, stop) per candidate: it repairs ranking[first:stop] (on the best model so
+        far for "blocks", on the quantized model otherwise)."""
+        sizes = self.sizes(n_neurons)
+        if self.schedule != "blocks":
+            return [(0, n) for n in sizes]
+        return list(zip([0] + sizes[:-1], sizes))
+
     def sizes(self, n_neurons: int) -> list[int]:
-        """How many top neurons each candidate repairs."""
+        """How many top neurons each candidate has seen, cumulatively."""
+        if self.schedule == "blocks":
+            block = max(1, math.ceil(self.block_fraction * n_neurons))
+            return list(range(block, n_neurons, block)) + [n_neurons] if n_neurons else []
         if self.schedule == "linear":
             return list(range(1, n_neurons + 1))
         sizes, n = [], 1
@@ -197,7 +226,8 @@ PRESETS: dict[str, RepairConfig] = {
     "default": RepairConfig(),
     "paper": RepairConfig().replace(metric="tarantula", layers="last", output_formulation="sign",
                                     norm="linf", integer=True, failing_only=True,
-                                    schedule="linear", weight_domain="grid", max_neurons=10),
+                                    schedule="linear", weight_domain="grid", max_neurons=10,
+                                    criterion="accuracy"),
 }
 
 

@@ -12,10 +12,11 @@ import torch
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import accuracy
-from qnnrepair.localization import SpectrumLocalizer
+from qnnrepair.localization import make_localizer
 from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantizedModel, batches
+from qnnrepair.repair.acceptance import Guard, Score
 from qnnrepair.repair.candidate import FitCache, NeuronChange, Targets, build_candidate
 from qnnrepair.repair.config import RepairConfig
 from qnnrepair.repair.layers import layer_names
@@ -32,13 +33,15 @@ class Step:
     validation_accuracy: float
     accepted: bool
     n_lps: int
+    validation_divergence: float = float("nan")
     lp_seconds: list[float] = field(default_factory=list)
     lp_sizes: list[tuple[int, int]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"neurons": [str(n) for n in self.neurons],
-                "validation_accuracy": self.validation_accuracy, "accepted": self.accepted,
+                "validation_accuracy": self.validation_accuracy,
+                "validation_divergence": self.validation_divergence, "accepted": self.accepted,
                 "n_lps": self.n_lps, "lp_seconds": self.lp_seconds,
                 "lp_sizes": [list(s) for s in self.lp_sizes], "seconds": self.seconds}
 
@@ -53,8 +56,9 @@ class Repairer:
     `ranking_`, `scores_` ({layer: scores}, None for a given list), `localizer_` (or None),
     `steps_` (each acceptance round), `changes_` (the neuron changes kept), `repaired_` (the
     repaired QuantizedModel; the input one is untouched), `validation_accuracy_` (float,
-    quantized, repaired) and `timings_`. `backend` solves the LPs (default: the one named in
-    `config.execution`).
+    quantized, repaired), `validation_divergence_` (quantized, repaired: mean KL from the
+    float model's soft predictions) and `timings_`. `backend` solves the LPs (default: the
+    one named in `config.execution`).
     """
 
     def __init__(self, config: RepairConfig | None = None,
@@ -76,34 +80,48 @@ class Repairer:
         self.timings_["localize"] = time.perf_counter() - start
         targets = Targets.of(qmodel, repair_images, repair_labels, cfg.localization.oracle)
         backend, cache = self._backend(), FitCache()
-
-        quant_val = accuracy(qmodel.model, validation_images, validation_labels)
+        rule = cfg.acceptance
+        guard = Guard(qmodel.float_model, validation_images, validation_labels, rule.criterion,
+                      rule.min_gain)
+        quantized = best = guard.score(qmodel.model)
         float_val = accuracy(qmodel.float_model, validation_images, validation_labels)
-        best, best_model = quant_val, qmodel.copy()
+        best_model = qmodel.copy()
         self.steps_: list[Step] = []
         self.changes_: list[NeuronChange] = []
         loop_start = time.perf_counter()
-        ranking = self.ranking_[: cfg.acceptance.max_neurons or None]
-        for n in progress(self.schedule(len(ranking)), show_progress, desc="repair"):
-            if best >= float_val or self._out_of_time(loop_start):
+        ranking = self.ranking_[: rule.max_neurons or None]
+        on_best = rule.schedule == "blocks"  # else every candidate starts from qmodel
+        for first, stop in progress(rule.candidates(len(ranking)), show_progress,
+                                    desc="repair"):
+            if rule.criterion == "accuracy" and best.accuracy >= float_val:
+                break
+            if self._out_of_time(loop_start):
                 break
             step_start = time.perf_counter()
-            candidate, changes, solved = build_candidate(qmodel, ranking[:n], repair_images,
-                                                         targets, cfg, backend, cache)
-            step = _step(ranking[:n], solved)
-            step.validation_accuracy = accuracy(candidate.model, validation_images,
-                                                validation_labels)
-            step.accepted = bool(changes) and step.validation_accuracy >= best
+            base = best_model if on_best else qmodel
+            candidate, changes, solved = build_candidate(base, ranking[first:stop],
+                                                         repair_images, targets, cfg, backend,
+                                                         cache)
+            score = guard.score(candidate.model)
+            step = _step(ranking[:stop], solved, score, guard.accepts(score, best, bool(changes)))
             step.seconds = time.perf_counter() - step_start
             self.steps_.append(step)
-            logger.info("top %d neurons: validation %.2f%% (best %.2f%%) %s", n,
-                        step.validation_accuracy, best, "kept" if step.accepted else "rejected")
+            logger.info("top %d neurons: validation %s (best %s) %s", stop, score, best,
+                        "kept" if step.accepted else "rejected")
             if step.accepted:
-                best, best_model, self.changes_ = step.validation_accuracy, candidate, changes
+                best, best_model = score, candidate
+                self.changes_ = self.changes_ + changes if on_best else changes
+                if on_best:  # cached LPs were built on the old base
+                    cache.results.clear()
+            elif guard.worse(score, best):
+                break
         self.timings_["repair_loop"] = time.perf_counter() - loop_start
         self.timings_["total"] = time.perf_counter() - start
         self.repaired_ = best_model
-        self.validation_accuracy_ = {"float": float_val, "quantized": quant_val, "repaired": best}
+        self.validation_accuracy_ = {"float": float_val, "quantized": quantized.accuracy,
+                                     "repaired": best.accuracy}
+        self.validation_divergence_ = {"quantized": quantized.divergence,
+                                       "repaired": best.divergence}
         return self
 
     def repair_neurons(self, qmodel: QuantizedModel, neurons: Sequence[Neuron],
@@ -154,16 +172,19 @@ def fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Te
     """The localizer of `config.localization`, fitted on the repair set: the one ranking that
     `qnnrepair localize` prints and `qnnrepair repair` repairs."""
     loc = config.localization
-    localizer = SpectrumLocalizer(metric=loc.metric, state_rule=loc.state_rule, oracle=loc.oracle,
-                                  seed=config.seed)
+    localizer = make_localizer(loc.metric, state_rule=loc.state_rule, oracle=loc.oracle,
+                               seed=config.seed)
     return localizer.fit(qmodel.float_model, qmodel.model, layer_names(qmodel, loc.layers),
                          list(zip(batches(images, 250), batches(labels, 250))),
                          show_progress=show_progress)
 
 
-def _step(neurons: list[Neuron], solved) -> Step:
-    return Step(neurons, float("nan"), False, len(solved), [r.solve_seconds for r in solved],
-                [(r.n_rows, r.n_cols) for r in solved])
+def _step(neurons: list[Neuron], solved, score: Score | None = None,
+          accepted: bool = False) -> Step:
+    return Step(neurons, score.accuracy if score else float("nan"), accepted, len(solved),
+                validation_divergence=score.divergence if score else float("nan"),
+                lp_seconds=[r.solve_seconds for r in solved],
+                lp_sizes=[(r.n_rows, r.n_cols) for r in solved])
 
 
 def check_validation_labels(labels: torch.Tensor) -> None:

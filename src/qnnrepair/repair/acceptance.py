@@ -1,0 +1,59 @@
+"""The guard: which candidates the repair keeps, judged on the validation set.
+
+Criterion "kl" (the default): a candidate is kept when it brings the quantized model's soft
+predictions closer to the float model's (mean KL(float || candidate) on V lower than the best
+so far by at least `min_gain`, relative) and its validation accuracy is not below the best
+so far. Accuracy alone is a coarse judge: on 1,000 images a tie or one image more is noise,
+and changes kept for that did not carry to the test set (benchmarks/README.md, issue 4).
+Criterion "accuracy" (the paper preset): kept when it changes something and validation
+accuracy does not drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qnnrepair.evaluation import logits_of
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model on the validation set: accuracy in percent, mean KL(float || model) in nats."""
+
+    accuracy: float
+    divergence: float
+
+    def __str__(self) -> str:
+        return f"{self.accuracy:.2f}% KL {self.divergence:.5f}"
+
+
+class Guard:
+    """Scores models on the validation images against the labels and the float model."""
+
+    def __init__(self, float_model, images: torch.Tensor, labels: torch.Tensor,
+                 criterion: str = "kl", min_gain: float = 0.0) -> None:
+        self.images, self.labels = images, labels
+        self.criterion, self.min_gain = criterion, min_gain
+        self.float_log_probs = F.log_softmax(logits_of(float_model, images).double(), dim=1)
+
+    def score(self, model) -> Score:
+        logits = logits_of(model, self.images).double()
+        accuracy = 100.0 * (logits.argmax(dim=1) == self.labels).double().mean().item()
+        divergence = F.kl_div(F.log_softmax(logits, dim=1), self.float_log_probs,
+                              log_target=True, reduction="batchmean").item()
+        return Score(accuracy, divergence)
+
+    def accepts(self, candidate: Score, best: Score, changed: bool) -> bool:
+        if not changed or candidate.accuracy < best.accuracy:
+            return False
+        if self.criterion == "accuracy":
+            return True
+        return candidate.divergence < best.divergence * (1.0 - self.min_gain)
+
+    def worse(self, candidate: Score, best: Score) -> bool:
+        """The criterion got worse: larger candidates, built on the same ranking, are
+        unlikely to turn it around (with "accuracy", the loop goes on as published)."""
+        return self.criterion == "kl" and candidate.divergence > best.divergence
