@@ -107,44 +107,81 @@ def reconstruction_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (out - target).pow(2).sum(dim=1).mean()
 
 
+class SoftRounding:
+    """One layer's AdaRound variable V and what is computed from it (shared with QDrop).
+
+    base = floor(clamp(w/s, -qmax, qmax)); weights whose w/s is already an integer are not
+    movable (nothing to choose). V starts where h(V) equals the fractional part of w/s.
+    """
+
+    def __init__(self, layer, weight: torch.Tensor) -> None:
+        x = scaled_weight(weight, layer.weight_scale, layer.qmax)
+        self.base = torch.floor(x)
+        frac = x - self.base
+        self.movable = (frac > 0).float()  # an integer w/s has nothing to choose
+        self.scale = layer.weight_scale.reshape(-1, *([1] * (weight.dim() - 1))).float()
+        self.base_f = self.base.float()
+        self.v = inverse_rectified_sigmoid(frac.float()).requires_grad_(True)
+
+    def soft_weight(self) -> torch.Tensor:
+        """s * (floor(w/s) + h(V)): the relaxed real weight the optimizer sees."""
+        return (self.base_f + rectified_sigmoid(self.v) * self.movable) * self.scale
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        """sum(1 - |2 h(V) - 1|^beta) over the movable weights (without lambda)."""
+        h = rectified_sigmoid(self.v)
+        return ((1 - (2 * h - 1).abs().pow(beta)) * self.movable).sum()
+
+    @torch.no_grad()
+    def integers(self) -> torch.Tensor:
+        """floor(w/s) + (h(V) >= 0.5), int64: every value is floor or ceil of clamp(w/s)."""
+        up = (rectified_sigmoid(self.v).double() >= 0.5).double() * self.movable.double()
+        return (self.base + up).long()
+
+    def __repr__(self) -> str:
+        return f"SoftRounding({tuple(self.v.shape)}, {int(self.movable.sum())} movable)"
+
+
+def annealed_beta(step: int, iters: int, n_warm: int, beta_start: float,
+                  beta_end: float) -> float | None:
+    """beta for the rounding regularizer at `step`: None during the warm start (no
+    regularizer), then linear from beta_start down to beta_end."""
+    if step < n_warm:
+        return None
+    progress_after_warm = (step - n_warm) / max(iters - n_warm, 1)
+    return beta_end + (beta_start - beta_end) * (1 - progress_after_warm)
+
+
 def learn_rounding(layer, weight: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, *,
                    generator: torch.Generator, iters: int, batch_size: int, reg_weight: float,
                    lr: float, beta_start: float, beta_end: float, warm_start: float
                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """AdaRound integers (int64) for one layer, and the reconstruction error of the layer's
     integers before (round to nearest, as quantized) and after, on up to 256 cached images."""
-    x = scaled_weight(weight, layer.weight_scale, layer.qmax)
-    base = torch.floor(x)
-    frac = x - base
-    movable = (frac > 0).float()  # an integer w/s has nothing to choose
-    scale = layer.weight_scale.reshape(-1, *([1] * (weight.dim() - 1))).float()
-    base_f = base.float()
+    rounding = SoftRounding(layer, weight)
     bias = layer.dequantized_bias()
-    v = inverse_rectified_sigmoid(frac.float()).requires_grad_(True)
-    optimizer = torch.optim.Adam([v], lr=lr)
+    optimizer = torch.optim.Adam([rounding.v], lr=lr)
     n_warm = int(warm_start * iters)
     n = len(inputs)
     for step in range(iters):
         pick = torch.randperm(n, generator=generator)[:batch_size]
-        h = rectified_sigmoid(v)
-        soft = (base_f + h * movable) * scale
+        soft = rounding.soft_weight()
         loss = reconstruction_error(layer_output(layer, inputs[pick], soft, bias), targets[pick])
-        if step >= n_warm:
-            progress_after_warm = (step - n_warm) / max(iters - n_warm, 1)
-            beta = beta_end + (beta_start - beta_end) * (1 - progress_after_warm)
-            loss = loss + reg_weight * ((1 - (2 * h - 1).abs().pow(beta)) * movable).sum()
+        beta = annealed_beta(step, iters, n_warm, beta_start, beta_end)
+        if beta is not None:
+            loss = loss + reg_weight * rounding.regularizer(beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        q = base + (rectified_sigmoid(v).double() >= 0.5).double() * movable.double()
-        q = q.long()
+        q = rounding.integers()
         check = slice(0, min(n, 256))
         losses = {
             "before": float(reconstruction_error(
                 layer_output(layer, inputs[check], layer.dequantized_weight(), bias),
                 targets[check])),
             "adaround": float(reconstruction_error(
-                layer_output(layer, inputs[check], q.float() * scale, bias), targets[check])),
+                layer_output(layer, inputs[check], q.float() * rounding.scale, bias),
+                targets[check])),
         }
     return q, losses
