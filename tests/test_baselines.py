@@ -15,7 +15,8 @@ from qnnrepair.testing import example_inputs, tiny_conv_net
 
 # Enough iterations for AdaRound to beat round to nearest on the tiny net, few enough for speed.
 ADAROUND_ITERS = 300
-FAST_PARAMS = {"adaround": {"iters": ADAROUND_ITERS, "batch_size": 16}}
+FAST_PARAMS = {"adaround": {"iters": ADAROUND_ITERS, "batch_size": 16},
+               "qdrop": {"iters": ADAROUND_ITERS, "batch_size": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def scaled(qmodel, name):
 
 
 def test_registry_has_every_method():
-    assert set(BASELINES) == {"rtn", "bias_correction", "squant", "adaround",
+    assert set(BASELINES) == {"rtn", "bias_correction", "squant", "adaround", "qdrop",
                               "least_squares_last_layer"}
 
 
@@ -56,7 +57,7 @@ def test_unknown_baseline_is_a_one_line_error():
 
 
 @pytest.mark.parametrize("name", sorted(["rtn", "bias_correction", "squant", "adaround",
-                                         "least_squares_last_layer"]))
+                                         "qdrop", "least_squares_last_layer"]))
 def test_returns_new_model_input_untouched_weights_on_grid(setup, results, name):
     qmodel, _ = setup
     before, out = results

@@ -173,3 +173,43 @@ def test_a_registered_backend_is_chosen_by_name(case, toy_backend):
 def test_an_unregistered_backend_is_refused():
     with pytest.raises(QnnRepairError, match="unknown backend 'toy'"):
         preset("default", backend="toy")
+
+
+class TopChannelBlame:
+    """A toy blame signal: the highest channel index of each layer is the most to blame."""
+
+    def __init__(self, boost: float = 1.0) -> None:
+        self.boost = boost
+
+    def fit(self, float_model, quant_model, layers, batches, show_progress=False):
+        from qnnrepair.localization import rank_neurons
+
+        self.scores_ = {name: self.boost * torch.arange(
+            quant_model.get_submodule(name).out_features, dtype=torch.float64).numpy()
+            for name in layers}
+        self.ranking_ = rank_neurons(self.scores_, list(layers))
+        return self
+
+
+def test_a_registered_blame_signal_ranks_the_repair(case):
+    """The steps of docs/ARCHITECTURE.md: register a localizer class by name, then name it as
+    the repair's metric; the repair's ranking is the one the class learned."""
+    from qnnrepair.localization import BLAME_LOCALIZERS, register_localizer
+
+    qmodel, r_x, r_y, v_x, v_y = case
+    register_localizer("top_channel")(TopChannelBlame)
+    try:
+        with pytest.raises(QnnRepairError, match="already registered"):
+            register_localizer("top_channel")(TopChannelBlame)
+        repairer = Repairer(preset("default", metric="top_channel", **SETTINGS)).fit(
+            qmodel, r_x, r_y, v_x, v_y)
+    finally:
+        BLAME_LOCALIZERS.pop("top_channel")
+    assert isinstance(repairer.localizer_, TopChannelBlame)
+    first = repairer.ranking_[0]
+    width = qmodel.layer(first.layer).out_features
+    print(f"top of the ranking: {first} (width {width}); steps {len(repairer.steps_)}")
+    assert first.index == width - 1, "the ranking is not the registered signal's"
+    assert repairer.steps_ and repairer.steps_[0].neurons == [first]
+    with pytest.raises(QnnRepairError, match="unknown metric 'top_channel'"):
+        preset("default", metric="top_channel")

@@ -32,7 +32,10 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="a quantized model file from `qnnrepair quantize` (instead of quantizing)")
     g.add_argument("--data", type=Path, help="training-split data: R and V are drawn from it "
                    "(.npz, idx folder, CIFAR batches folder or image folder)")
-    g.add_argument("--test-data", type=Path, help="test data (default: the rest of --data)")
+    g.add_argument("--test-data", type=Path, help="held-out data: validation and test are "
+                   "drawn from it, disjointly (default: the rest of --data)")
+    g.add_argument("--validation-data", type=Path, help="validation data of its own (default: "
+                   "drawn from --test-data, else from --data with a warning)")
     g.add_argument("--n-repair", type=int, default=1000, help="repair-set size (default 1000)")
     g.add_argument("--n-validation", type=int, default=1000,
                    help="validation-set size (default 1000)")
@@ -143,7 +146,8 @@ def _workload(args):
         spec, model = args.model, None
     workload = prepare(spec, args.weights, args.data, args.test_data, n_repair=args.n_repair,
                        n_validation=args.n_validation, n_test=args.n_test, seed=args.seed,
-                       num_classes=args.num_classes, model=model)
+                       num_classes=args.num_classes, model=model,
+                       validation_data=args.validation_data)
     return workload, quantized
 
 

@@ -66,6 +66,7 @@ class RepairReport:
     versions: dict[str, str] = field(default_factory=versions)
     per_class: dict[str, list[float]] = field(default_factory=dict)
     splits: str = ""
+    blame: dict[str, list[float]] = field(default_factory=dict)  # every ranked neuron's score
     validation_divergence: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from qnnrepair.bench.methods import get_method
 from qnnrepair.errors import QnnRepairError
 
-BASELINE_METHODS = ("rtn", "rtn_mse", "bias_correction", "squant", "adaround",
+BASELINE_METHODS = ("rtn", "rtn_mse", "bias_correction", "squant", "adaround", "qdrop",
                     "least_squares_last_layer")
 REPAIR_METHODS = ("paper", "qnnrepair")
 
@@ -19,7 +19,7 @@ class BenchConfig:
     part of a results file's key, so a run resumes only with the same config."""
 
     methods: tuple[str, ...] = BASELINE_METHODS + REPAIR_METHODS
-    on_top: tuple[str, ...] = ("bias_correction", "squant", "adaround")
+    on_top: tuple[str, ...] = ("bias_correction", "squant", "adaround", "qdrop")
     adaround_iters: int = 1000
     repair_preset: str = "default"
     seed: int = 0

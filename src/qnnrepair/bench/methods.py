@@ -103,6 +103,8 @@ for _name, _label, _from_config in (
         ("squant", "SQuant data-free rounding (Guo et al. 2022)", {}),
         ("adaround", "AdaRound learned rounding (Nagel et al. 2020)",
          {"iters": "adaround_iters"}),
+        ("qdrop", "QDrop block reconstruction with dropped activation quantization "
+         "(Wei et al. 2022)", {"iters": "adaround_iters"}),
         ("least_squares_last_layer", "least-squares refit of the last layer", {})):
     register_method(_name, _label, stackable=True)(baseline_method(_name, **_from_config))
 del _name, _label, _from_config

@@ -12,7 +12,12 @@ from qnnrepair.localization.blame import (
     GradientBlame,
     register_divergence,
 )
-from qnnrepair.localization.factory import BLAME_LOCALIZERS, localizer_names, make_localizer
+from qnnrepair.localization.factory import (
+    BLAME_LOCALIZERS,
+    localizer_names,
+    make_localizer,
+    register_localizer,
+)
 from qnnrepair.localization.localizer import SpectrumLocalizer
 from qnnrepair.localization.metrics import (
     METRICS,
@@ -63,6 +68,7 @@ __all__ = [
     "get_metric",
     "get_state_rule",
     "localizer_names",
+    "register_localizer",
     "make_localizer",
     "metric_parameters",
     "rank_neurons",

@@ -22,6 +22,18 @@ BLAME_LOCALIZERS: dict[str, type] = {
 }
 
 
+def register_localizer(name: str):
+    """Decorator: make a localizer class selectable by `name` (RepairConfig metric, --metric).
+    The class takes its parameters as keyword arguments and has `fit(float_model,
+    quant_model, layers, batches, show_progress=False)` learning `scores_` and `ranking_`."""
+    def decorator(cls: type) -> type:
+        if name in BLAME_LOCALIZERS or name in METRICS:
+            raise QnnRepairError(f"a localizer or metric named {name!r} is already registered")
+        BLAME_LOCALIZERS[name] = cls
+        return cls
+    return decorator
+
+
 def localizer_names() -> list[str]:
     """Every name make_localizer accepts: the SBFL metrics, then the blame localizers."""
     return sorted(METRICS) + sorted(BLAME_LOCALIZERS)

@@ -1,0 +1,100 @@
+"""Choosing the repair default on validation: candidate configurations side by side.
+
+    python benchmarks/defaults.py [--model resnet20] [--settings w3a8 w4a4] [--seeds 0]
+        [--configs NAME ...] [--fresh]
+
+Each configuration is a set of overrides of `preset("default")`; every one runs on the same
+workload (R = 1,000 CIFAR-10 training images, also the calibration set; V = 1,000 images drawn
+from the test file; T = the other 9,000), and the table gives V accuracy and KL to the float
+model (what a choice may look at) beside T accuracy (reported only), LPs and CPU seconds.
+Writes benchmarks/results/defaults.md and .json (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload
+
+from qnnrepair.evaluation import accuracy
+from qnnrepair.quantization import QuantConfig, quantize
+from qnnrepair.repair import Repairer, preset
+
+OLD = {"metric": "ochiai", "criterion": "accuracy", "min_gain": 0.0}  # issue 12's default
+CONFIGS = {
+    "ochiai-geometric-accuracy (old default)": OLD,
+    "ochiai-geometric-kl": {"metric": "ochiai"},
+    "gradient-geometric-kl": {"metric": "gradient"},
+    "gradient-blocks5-kl": {"metric": "gradient", "schedule": "blocks", "block_fraction": 0.05},
+    "gradient-blocks10-kl": {"metric": "gradient", "schedule": "blocks", "block_fraction": 0.10},
+    "random-blocks5-kl": {"metric": "random", "schedule": "blocks", "block_fraction": 0.05},
+}
+OUT = RESULTS / "defaults"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--settings", nargs="+", default=["w3a8", "w4a4"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--fresh", action="store_true")
+    args = parser.parse_args()
+    meta = {"command": command(), "machine": machine()}
+    rows = Rows(OUT.with_suffix(".json"), args.fresh)
+    for seed in args.seeds:
+        work = workload(args.model, args.shared, seed=seed)
+        images = {s: (work.images(s), work.labels(s)) for s in ("repair", "validation", "test")}
+        for setting in args.settings:
+            qmodel = quantize(work.model, QuantConfig.from_setting(setting),
+                              work.images("repair"), model_spec=args.model, seed=seed)
+            for name in args.configs:
+                key = {"model": args.model, "setting": setting, "seed": seed, "config": name}
+                if rows.has(**key):
+                    continue
+                with Clock() as clock:
+                    repairer = Repairer(preset("default", seed=seed, **CONFIGS[name])).fit(
+                        qmodel, *images["repair"], *images["validation"])
+                row = {**key, "overrides": CONFIGS[name], "wall_s": clock.wall,
+                       "cpu_s": clock.cpu, "lps": sum(s.n_lps for s in repairer.steps_),
+                       "neurons": len(repairer.changes_), "steps": len(repairer.steps_),
+                       "kl": repairer.validation_divergence_,
+                       "accuracy": {s: {"quantized": accuracy(qmodel.model, *xy),
+                                        "repaired": accuracy(repairer.repaired_.model, *xy)}
+                                    for s, xy in images.items()},
+                       "float": {s: accuracy(qmodel.float_model, *xy)
+                                 for s, xy in images.items()}}
+                rows.add(row, meta)
+                print(f"{setting} seed {seed} {name}: V {row['accuracy']['validation']}"
+                      f" T {row['accuracy']['test']} {clock.cpu:.0f} CPU s", flush=True)
+    OUT.with_suffix(".md").write_text(render(rows.rows, meta))
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    out = ["# Choosing the default on validation", "",
+           "R = 1,000 CIFAR-10 training images (also the calibration set), V = 1,000 images "
+           "drawn from the test file, T = the other 9,000. V columns decide; T is reported. "
+           "CPU seconds include the LP worker processes.", "",
+           f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}", "",
+           "| model, setting, seed | configuration | V acc | V KL | T acc | R acc | neurons "
+           "changed | LPs | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = r["accuracy"]
+        first = f"{r['model']} {r['setting'].upper()} seed {r['seed']}"
+        quant = (f"| {first} | quantized (float V {r['float']['validation']:.2f}, "
+                 f"T {r['float']['test']:.2f}) | {acc['validation']['quantized']:.2f} | "
+                 f"{r['kl']['quantized']:.4f} | {acc['test']['quantized']:.2f} | "
+                 f"{acc['repair']['quantized']:.2f} | | | |")
+        if quant not in out:
+            out.append(quant)
+        out.append(f"| {first} | {r['config']} | {acc['validation']['repaired']:.2f} | "
+                   f"{r['kl']['repaired']:.4f} | {acc['test']['repaired']:.2f} | "
+                   f"{acc['repair']['repaired']:.2f} | {r['neurons']} | {r['lps']} | "
+                   f"{r['cpu_s']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
