@@ -3,6 +3,7 @@ errors. One local Ray (2 CPUs) serves the whole module; skipped if Ray is missin
 start."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -16,7 +17,12 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
 from qnnrepair.repair.lp import LocalPool, NeuronProblem, RayPool, make_backend
-from qnnrepair.repair.lp.ray_backend import MAX_BATCH, MIN_BATCH, batch_bounds
+from qnnrepair.repair.lp.ray_backend import (
+    MAX_BATCH,
+    MIN_BATCH,
+    batch_bounds,
+    share_equal_arrays,
+)
 from qnnrepair.testing import TINY_MODEL_SPEC, blob_data, trained_tiny_net, write_tiny_task
 
 
@@ -111,6 +117,21 @@ def test_batches_cover_every_problem_once_in_order():
             if n_problems >= n_slots:
                 assert len(bounds) >= n_slots, f"{n_problems} LPs left slots idle: {bounds}"
     assert batch_bounds(10, 2, batch_size=3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+def test_equal_arrays_are_shared_and_values_kept():
+    rows = np.random.default_rng(0).normal(size=(64, 32))
+    problems = [NeuronProblem(rows.copy(), np.full(64, float(i)), np.zeros(32, int), 0.1, 0.0,
+                              -3, 3) for i in range(8)]
+    shared = share_equal_arrays(problems)
+    assert all(p.inputs is shared[0].inputs for p in shared), "equal rows were not shared"
+    assert len({id(p.target) for p in shared}) == 8, "different targets were merged"
+    for before, after in zip(problems, shared):
+        for name in ("inputs", "target", "weight_int"):
+            assert getattr(before, name).tobytes() == getattr(after, name).tobytes()
+    size, shared_size = (len(pickle.dumps(p, protocol=5)) for p in (problems, shared))
+    print(f"pickled {size} -> {shared_size} bytes")
+    assert shared_size < size / 4
 
 
 def test_local_pool_sizes_agree(local_states):

@@ -6,11 +6,12 @@ called ``ray.init`` is used as it is. Ray is an optional extra: ``pip install 'q
 the workers of a cluster need qnnrepair installed too (they unpickle its problem classes).
 
 How: the whole problem list goes into the object store once (``ray.put``: the row matrix that
-the neurons of one layer share is stored once, and each node fetches it once), and each task
-carries only that reference and the bounds of its slice. A task solves its slice in order and
-returns the results pickled, as a process pool would, so the caller gets ordinary writable
-arrays, in input order. LP solves are single-threaded deterministic HiGHS: the results do not
-depend on the cluster, the number of workers or the batching (only ``solve_seconds`` does).
+the neurons of one layer share is stored once, see :func:`share_equal_arrays`, and each node
+fetches the list once), and each task carries only that reference and the bounds of its slice.
+A task solves its slice in order and returns the results pickled, as a process pool would, so
+the caller gets ordinary writable arrays, in input order. LP solves are single-threaded
+deterministic HiGHS: the results do not depend on the cluster, the number of workers or the
+batching (only ``solve_seconds`` does).
 
 Batches: an empty task's round trip costs about 1.5 ms here (0.7 ms each when many are in
 flight), and a task also unpickles the problem list (about 2 us per problem, zero-copy for the
@@ -27,6 +28,8 @@ is not retried and reaches the caller as it was raised, as with the local pool.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -34,6 +37,8 @@ import pickle
 import socket
 import time
 from collections.abc import Sequence
+
+import numpy as np
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.repair.lp.backend import register_backend
@@ -59,6 +64,36 @@ def batch_bounds(n_problems: int, n_slots: int, batch_size: int | None = None
         batch_size = min(MAX_BATCH, max(floor, per_task))
     batch_size = max(1, batch_size)
     return [(i, min(i + batch_size, n_problems)) for i in range(0, n_problems, batch_size)]
+
+
+def share_equal_arrays(problems: Sequence[LPProblem], min_bytes: int = 4096
+                       ) -> list[LPProblem]:
+    """The problems, with array fields of equal bytes (dtype, shape, contents) made one object,
+    so that pickling (ray.put) stores each once; every value stays exactly what it was.
+
+    The neurons of one layer share their LP rows (a "match" summary), but each problem may hold
+    its own copy of them (256 x J doubles, most of a problem's bytes): without this, the object
+    every node fetches would carry the rows once per neuron.
+    """
+    seen: dict[tuple, np.ndarray] = {}
+    shared = []
+    for problem in problems:
+        if not dataclasses.is_dataclass(problem):
+            shared.append(problem)
+            continue
+        changes = {}
+        for f in dataclasses.fields(problem):
+            value = getattr(problem, f.name)
+            if not isinstance(value, np.ndarray) or value.nbytes < min_bytes:
+                continue
+            data = memoryview(np.ascontiguousarray(value)).cast("B")
+            key = (value.dtype.str, value.shape,
+                   hashlib.blake2b(data, digest_size=16).digest())
+            first = seen.setdefault(key, value)
+            if first is not value and memoryview(np.ascontiguousarray(first)).cast("B") == data:
+                changes[f.name] = first
+        shared.append(dataclasses.replace(problem, **changes) if changes else problem)
+    return shared
 
 
 def solve_slice(problems: Sequence[LPProblem], start: int, stop: int) -> bytes:
@@ -108,7 +143,7 @@ class RayPool:
         ray = self._connect()
         start = time.perf_counter()
         # One object for the whole list: arrays the problems share are stored once.
-        ref = ray.put(problems)
+        ref = ray.put(share_equal_arrays(problems))
         self.stats_["put_seconds"] += time.perf_counter() - start
         self.stats_["put_bytes"] += _object_size(ray, ref)
         bounds = batch_bounds(len(problems), self._slots(ray), self.batch_size)
