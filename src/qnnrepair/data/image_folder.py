@@ -52,12 +52,12 @@ def load_image_folder(folder: Path) -> Dataset:
             f"image folder {folder} has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))} "
             "files inside one subfolder per class)"
         )
-    images = _decode_all(files)
+    images = decode_images(files)
     logger.debug("read %d images of %d classes from %s", len(files), len(classes), folder)
     return Dataset(images, np.asarray(labels, dtype=np.int64), tuple(c.name for c in classes))
 
 
-def _decode_all(files: list[Path]) -> np.ndarray:
+def decode_images(files: list[Path]) -> np.ndarray:
     """Stack of all images: (N, H, W, 1) when every one is grayscale, else (N, H, W, 3)."""
     image_module = _pillow()
     arrays = [_decode(image_module, path) for path in files]

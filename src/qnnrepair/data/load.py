@@ -4,7 +4,11 @@
   `x_test`/`y_test`, picked by `split`);
 - a folder of MNIST-style idx files (`train-*` or `t10k-*` by `split`);
 - a folder of CIFAR-10 python batches (or one holding `cifar-10-batches-py/`);
-- an image folder, one subfolder per class (or one with `train/` and `test/` such folders).
+- an image folder, one subfolder per class (or one with `train/` and `test/` such folders);
+- a folder with `labels.csv` (`file,label` rows, files relative to it; see `labels_csv`),
+  or one with `train/` and `test/` such folders.
+
+docs/DATA.md describes each format.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from qnnrepair.data.cifar_batches import is_cifar_folder, load_cifar_batches
 from qnnrepair.data.dataset import Dataset
 from qnnrepair.data.idx import find_idx_files, has_idx_files, load_idx
 from qnnrepair.data.image_folder import class_folders, load_image_folder
+from qnnrepair.data.labels_csv import has_labels_csv, load_labels_csv
 from qnnrepair.errors import QnnRepairError
 
 logger = logging.getLogger(__name__)
@@ -27,6 +32,8 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 _CIFAR_SUBFOLDER = "cifar-10-batches-py"
 _MAX_PIXEL = 255
+# Where a user reads what each format looks like (docs/DATA.md in the source tree).
+FORMATS_HINT = "the formats are described in docs/DATA.md and `qnnrepair repair --help`"
 
 
 def load_dataset(path: str | Path, split: str = "train") -> Dataset:
@@ -51,7 +58,8 @@ def _load_file(path: Path, split: str) -> Dataset:
         return load_npz(path, split)
     raise QnnRepairError(
         f"unknown data format: {path} is a file but not an .npz; give an .npz file or a folder "
-        "of idx files, CIFAR-10 batches, or one subfolder of images per class"
+        f"of idx files, CIFAR-10 batches, labels.csv or one subfolder of images per class; "
+        f"{FORMATS_HINT}"
     )
 
 
@@ -65,13 +73,17 @@ def _load_folder(path: Path, split: str) -> Dataset:
         path = path / _CIFAR_SUBFOLDER
     if is_cifar_folder(path):
         return load_cifar_batches(path, split)
+    if has_labels_csv(path):  # before class folders: its images often sit in a subfolder
+        return load_labels_csv(path)
     if (path / split).is_dir() and {p.name for p in class_folders(path)} <= set(SPLITS):
         path = path / split
+    if has_labels_csv(path):
+        return load_labels_csv(path)
     if class_folders(path):
         return load_image_folder(path)
     raise QnnRepairError(
-        f"unknown data format in folder {path}: no idx files, CIFAR-10 batches or class "
-        "subfolders; see the data formats in the qnnrepair docs"
+        f"unknown data format in folder {path}: no idx files, CIFAR-10 batches, labels.csv or "
+        f"class subfolders; {FORMATS_HINT}"
     )
 
 

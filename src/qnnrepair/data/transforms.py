@@ -44,7 +44,13 @@ def check_compatible(dataset: Dataset, info: ModelInfo) -> None:
             "use a data set made for this model"
         )
     if len(dataset) and int(dataset.labels.max()) >= info.num_classes:
+        # A zoo model is built with --num-classes outputs; a user's model has its own.
+        fix = ("check the labels or the model's output layer" if ":" in info.name else
+               f"use matching data or pass --num-classes {int(dataset.labels.max()) + 1} "
+               "(num_classes in Python)")
         raise QnnRepairError(
             f"labels go up to {int(dataset.labels.max())}, model {info.name} has "
-            f"{info.num_classes} classes; use matching data or set num_classes"
+            f"{info.num_classes} classes (labels 0..{info.num_classes - 1}; image "
+            f"{int(np.argmax(dataset.labels >= info.num_classes))} is the first out of range); "
+            f"{fix}"
         )
