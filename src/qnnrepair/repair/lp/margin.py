@@ -16,7 +16,14 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.repair.lp.core import Core, check_common, norm_of, solve_core, step_unit
 from qnnrepair.repair.lp.formulation import Formulation, LayerLP, register_formulation
 from qnnrepair.repair.lp.highs import DEFAULT_SOLVER, INF
-from qnnrepair.repair.lp.result import KAPPA_STEPS, LAM_STEPS, LPResult, select_rows
+from qnnrepair.repair.lp.result import (
+    KAPPA_STEPS,
+    LAM_STEPS,
+    LPResult,
+    select_rows,
+    solved_result,
+    unchanged_result,
+)
 
 
 def solve_margin_lp(features, labels, weight_int, weight_scale, bias, neurons: Sequence[int],
@@ -50,28 +57,11 @@ def solve_margin_lp(features, labels, weight_int, weight_scale, bias, neurons: S
         fit_bias: also give each chosen row a real bias delta.
         solver: HiGHS LP solver ("simplex", "ipm", ...).
     """
-    h = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    q = np.asarray(weight_int)
-    s = np.asarray(weight_scale, dtype=np.float64).reshape(-1)
-    b = np.asarray(bias, dtype=np.float64).reshape(-1)
-    if h.ndim != 2 or q.ndim != 2 or h.shape[1] != q.shape[1]:
-        raise QnnRepairError(f"features must be (N, J) and weight_int (K, J); got {h.shape} and "
-                             f"{q.shape}")
+    h, labels, q, s, b, chosen = _checked(features, labels, weight_int, weight_scale, bias,
+                                          neurons)
+    check_common(norm, qmin, qmax, q, max_rows, time_limit)
     n_inputs, n_features = h.shape
     n_classes = q.shape[0]
-    if labels.shape != (n_inputs,) or s.shape != (n_classes,) or b.shape != (n_classes,):
-        raise QnnRepairError(
-            f"labels must be ({n_inputs},), weight_scale and bias ({n_classes},); got "
-            f"{labels.shape}, {s.shape}, {b.shape}")
-    if n_inputs and (labels.min() < 0 or labels.max() >= n_classes):
-        raise QnnRepairError(f"labels must be in [0, {n_classes}), got [{labels.min()}, "
-                             f"{labels.max()}]")
-    chosen = np.asarray(list(neurons), dtype=np.int64)
-    if len(np.unique(chosen)) != len(chosen) or np.any((chosen < 0) | (chosen >= n_classes)):
-        raise QnnRepairError(f"neurons must be distinct rows in [0, {n_classes}), got "
-                             f"{chosen.tolist()}")
-    check_common(norm, qmin, qmax, q, max_rows, time_limit)
 
     logits = (h @ q.T.astype(np.float64)) * s + b
     rows_n = np.arange(n_inputs)
@@ -105,9 +95,99 @@ def solve_margin_lp(features, labels, weight_int, weight_scale, bias, neurons: S
     zero_e = np.zeros(len(chosen))
     unchanged = evaluate(zero_d, zero_e)
     if len(chosen) == 0 or n_kept == 0 or n_classes < 2:
-        return LPResult(zero_d, zero_e, "no_variables", unchanged, unchanged, unchanged, 0, 0,
-                        0.0, lam, kappa, 0.0, zero_d.astype(np.float64), kept)
+        return unchanged_result(zero_d, zero_e, unchanged, lam, kappa, kept)
 
+    core = _pair_core(h, labels, gaps, kept, chosen, is_chosen, position, s, q, qmin, qmax,
+                      kappa, unit, fit_bias)
+    n_chosen = len(chosen)
+    # Internal objective = sum(xi / unit) + (lam * N / unit) * ||d|| = (N / unit) * objective.
+    to_true = unit / n_kept
+    solved = solve_core(core, norm=norm, lam_internal=lam / to_true, integer=integer,
+                        time_limit=time_limit, solver=solver)
+    e = np.zeros(n_chosen)
+    e[:len(solved.bias)] = solved.bias * unit
+    d = solved.d.reshape(n_chosen, n_features)
+    return solved_result(solved, d, e, evaluate(d, e), unchanged, to_true, lam, kappa,
+                         solved.d_relaxed.reshape(n_chosen, n_features), kept)
+
+
+@dataclass(frozen=True, repr=False)
+class MarginProblem:
+    """The arguments of :func:`solve_margin_lp`, as one picklable problem."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    weight_int: np.ndarray
+    weight_scale: np.ndarray
+    bias: np.ndarray
+    neurons: tuple[int, ...]
+    qmin: int
+    qmax: int
+    kappa: float | None = None
+    lam: float | None = None
+    norm: str = "l1"
+    integer: bool = False
+    time_limit: float | None = None
+    max_rows: int = 1000
+    fit_bias: bool = True
+    solver: str = DEFAULT_SOLVER
+
+    def solve(self) -> LPResult:
+        return solve_margin_lp(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def __repr__(self) -> str:
+        return (f"MarginProblem(rows={list(self.neurons)}, inputs={len(self.labels)}, "
+                f"features={self.features.shape[1]})")
+
+
+@register_formulation("margin")
+class Margin(Formulation):
+    """All chosen rows of the output layer in one LP, on raw rows of the repair labels."""
+
+    output_only = True
+
+    def owners(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
+        return [tuple(indices)]
+
+    def build(self, layer: LayerLP, owner: tuple[int, ...]) -> MarginProblem:
+        rows = layer.record(layer.n_rows, layer.n_rows)
+        keep = layer.row_mask(rows)
+        return MarginProblem(rows.inputs[keep], layer.target[rows.image][keep], layer.weight,
+                             layer.scale, layer.bias, owner, max_rows=layer.n_rows,
+                             **layer.options)
+
+
+def _checked(features, labels, weight_int, weight_scale, bias, neurons):
+    """The margin LP's inputs as arrays, shapes and ranges checked."""
+    h = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    q = np.asarray(weight_int)
+    s = np.asarray(weight_scale, dtype=np.float64).reshape(-1)
+    b = np.asarray(bias, dtype=np.float64).reshape(-1)
+    if h.ndim != 2 or q.ndim != 2 or h.shape[1] != q.shape[1]:
+        raise QnnRepairError(f"features must be (N, J) and weight_int (K, J); got {h.shape} and "
+                             f"{q.shape}")
+    n_inputs, n_features = h.shape
+    n_classes = q.shape[0]
+    if labels.shape != (n_inputs,) or s.shape != (n_classes,) or b.shape != (n_classes,):
+        raise QnnRepairError(
+            f"labels must be ({n_inputs},), weight_scale and bias ({n_classes},); got "
+            f"{labels.shape}, {s.shape}, {b.shape}")
+    if n_inputs and (labels.min() < 0 or labels.max() >= n_classes):
+        raise QnnRepairError(f"labels must be in [0, {n_classes}), got [{labels.min()}, "
+                             f"{labels.max()}]")
+    chosen = np.asarray(list(neurons), dtype=np.int64)
+    if len(np.unique(chosen)) != len(chosen) or np.any((chosen < 0) | (chosen >= n_classes)):
+        raise QnnRepairError(f"neurons must be distinct rows in [0, {n_classes}), got "
+                             f"{chosen.tolist()}")
+
+    return h, labels, q, s, b, chosen
+
+
+def _pair_core(h, labels, gaps, kept, chosen, is_chosen, position, s, q, qmin, qmax, kappa,
+               unit, fit_bias) -> Core:
+    """One row per (kept input, class) pair that involves a chosen row, one slack per input."""
+    n_kept, n_features = len(kept), h.shape[1]
     # Pairs (input, class) that involve a chosen row, grouped by input.
     y = labels[kept]
     involved = is_chosen[y][:, None] | is_chosen[None, :]
@@ -159,63 +239,4 @@ def solve_margin_lp(features, labels, weight_int, weight_scale, bias, neurons: S
         extra_x0=np.concatenate([np.zeros(n_bias), xi0]),
         bias_cols=np.arange(n_bias),
     )
-    # Internal objective = sum(xi / unit) + (lam * N / unit) * ||d|| = (N / unit) * objective.
-    to_true = unit / n_kept
-    solved = solve_core(core, norm=norm, lam_internal=lam / to_true, integer=integer,
-                    time_limit=time_limit, solver=solver)
-    e = np.zeros(n_chosen)
-    e[:n_bias] = solved.bias * unit
-    d = solved.d.reshape(n_chosen, n_features)
-    return LPResult(
-        delta_weight=d, delta_bias=e, status=solved.status,
-        objective_relaxed=solved.bound * to_true, objective_rounded=evaluate(d, e),
-        objective_unchanged=unchanged, n_rows=solved.n_rows, n_cols=solved.n_cols,
-        solve_seconds=solved.seconds, lam=lam, kappa=kappa, norm_relaxed=solved.norm_value,
-        delta_weight_relaxed=solved.d_relaxed.reshape(n_chosen, n_features), rows_kept=kept,
-    )
-
-
-@dataclass(frozen=True, repr=False)
-class MarginProblem:
-    """The arguments of :func:`solve_margin_lp`, as one picklable problem."""
-
-    features: np.ndarray
-    labels: np.ndarray
-    weight_int: np.ndarray
-    weight_scale: np.ndarray
-    bias: np.ndarray
-    neurons: tuple[int, ...]
-    qmin: int
-    qmax: int
-    kappa: float | None = None
-    lam: float | None = None
-    norm: str = "l1"
-    integer: bool = False
-    time_limit: float | None = None
-    max_rows: int = 1000
-    fit_bias: bool = True
-    solver: str = DEFAULT_SOLVER
-
-    def solve(self) -> LPResult:
-        return solve_margin_lp(**{f.name: getattr(self, f.name) for f in fields(self)})
-
-    def __repr__(self) -> str:
-        return (f"MarginProblem(rows={list(self.neurons)}, inputs={len(self.labels)}, "
-                f"features={self.features.shape[1]})")
-
-
-@register_formulation("margin")
-class Margin(Formulation):
-    """All chosen rows of the output layer in one LP, on raw rows of the repair labels."""
-
-    output_only = True
-
-    def owners(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
-        return [tuple(indices)]
-
-    def build(self, layer: LayerLP, owner: tuple[int, ...]) -> MarginProblem:
-        rows = layer.record(layer.n_rows, layer.n_rows)
-        keep = layer.row_mask(rows)
-        return MarginProblem(rows.inputs[keep], layer.target[rows.image][keep], layer.weight,
-                             layer.scale, layer.bias, owner, max_rows=layer.n_rows,
-                             **layer.options)
+    return core

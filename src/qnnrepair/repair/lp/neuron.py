@@ -13,7 +13,15 @@ import numpy as np
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.repair.lp.core import Core, check_common, norm_of, solve_core, step_unit
 from qnnrepair.repair.lp.highs import DEFAULT_SOLVER, INF
-from qnnrepair.repair.lp.result import KAPPA_STEPS, LAM_STEPS, LPResult, even_stride, select_rows
+from qnnrepair.repair.lp.result import (
+    KAPPA_STEPS,
+    LAM_STEPS,
+    LPResult,
+    even_stride,
+    select_rows,
+    solved_result,
+    unchanged_result,
+)
 
 
 def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float, qmin: int,
@@ -89,64 +97,17 @@ def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float
     zero_d = np.zeros(n_weights, np.int64)
     unchanged = evaluate(zero_d, 0.0)
     if n_weights == 0 or n_kept == 0:
-        return LPResult(zero_d, 0.0, "no_variables", unchanged, unchanged, unchanged, 0, 0, 0.0,
-                        lam, kappa, 0.0, zero_d.astype(np.float64), kept)
+        return unchanged_result(zero_d, 0.0, unchanged, lam, kappa, kept)
 
-    d_lower = np.clip(qmin - q, None, 0).astype(np.float64)
-    d_upper = np.clip(qmax - q, 0, None).astype(np.float64)
-    if delta_bounds is not None:
-        d_lower = np.minimum(np.maximum(d_lower, delta_bounds[0]), 0)
-        d_upper = np.maximum(np.minimum(d_upper, delta_bounds[1]), 0)
-    row_factor = np.ones(n_kept) if mode == "match" else np.sign(t[kept])
-    n_bias = 1 if fit_bias else 0
-    coef = (s / unit) * x[kept] * row_factor[:, None]
-    rows = np.arange(n_kept)
-    if mode == "match":
-        rhs = (t[kept] - a0[kept]) / unit
-        # a - t = unit * (u - v): row  coef.d + e - u + v = rhs
-        extra_cost = np.concatenate([np.zeros(n_bias), np.ones(2 * n_kept)])
-        extra_rows = [rows, rows]
-        extra_cols = [n_bias + rows, n_bias + n_kept + rows]
-        extra_vals = [-np.ones(n_kept), np.ones(n_kept)]
-        extra_x0 = np.concatenate([np.zeros(n_bias), np.maximum(-rhs, 0), np.maximum(rhs, 0)])
-        row_lower, row_upper = rhs, rhs
-    else:
-        rhs = (kappa - row_factor * a0[kept]) / unit
-        extra_cost = np.concatenate([np.zeros(n_bias), np.ones(n_kept)])
-        extra_rows = [rows]
-        extra_cols = [n_bias + rows]
-        extra_vals = [np.ones(n_kept)]
-        extra_x0 = np.concatenate([np.zeros(n_bias), np.maximum(rhs, 0)])
-        row_lower, row_upper = rhs, np.full(n_kept, INF)
-    if fit_bias:
-        extra_rows.append(rows)
-        extra_cols.append(np.zeros(n_kept, np.int64))
-        extra_vals.append(row_factor)
-    n_extra = len(extra_cost)
-    core = Core(
-        n_rows=n_kept, row_lower=row_lower, row_upper=row_upper,
-        d_lower=d_lower, d_upper=d_upper,
-        d_rows=np.repeat(rows, n_weights), d_cols=np.tile(np.arange(n_weights), n_kept),
-        d_vals=coef.reshape(-1),
-        extra_cost=extra_cost,
-        extra_lower=np.concatenate([np.full(n_bias, -INF), np.zeros(n_extra - n_bias)]),
-        extra_upper=np.full(n_extra, INF),
-        extra_rows=np.concatenate(extra_rows), extra_cols=np.concatenate(extra_cols),
-        extra_vals=np.concatenate(extra_vals), extra_x0=extra_x0,
-        bias_cols=np.arange(n_bias),
-    )
+    core = _neuron_core(x[kept], t[kept], a0[kept], q, s, qmin, qmax, mode, kappa, unit,
+                        fit_bias, delta_bounds)
     to_true = unit / n_kept
     # Most weights move in a "match" regression: auxiliary |d| columns beat the split there.
     solved = solve_core(core, norm=norm, lam_internal=lam / to_true, integer=integer,
-                    time_limit=time_limit, solver=solver, l1_split=mode != "match")
-    e = float(solved.bias[0] * unit) if n_bias else 0.0
-    return LPResult(
-        delta_weight=solved.d, delta_bias=e, status=solved.status,
-        objective_relaxed=solved.bound * to_true, objective_rounded=evaluate(solved.d, e),
-        objective_unchanged=unchanged, n_rows=solved.n_rows, n_cols=solved.n_cols,
-        solve_seconds=solved.seconds, lam=lam, kappa=kappa, norm_relaxed=solved.norm_value,
-        delta_weight_relaxed=solved.d_relaxed, rows_kept=kept,
-    )
+                        time_limit=time_limit, solver=solver, l1_split=mode != "match")
+    e = float(solved.bias[0] * unit) if fit_bias else 0.0
+    return solved_result(solved, solved.d, e, evaluate(solved.d, e), unchanged, to_true, lam,
+                         kappa, solved.d_relaxed, kept)
 
 
 @dataclass(frozen=True, repr=False)
@@ -189,3 +150,55 @@ class NeuronProblem:
     def __repr__(self) -> str:
         return (f"NeuronProblem(mode={self.mode!r}, rows={len(self.target)}, "
                 f"weights={len(self.weight_int)})")
+
+
+def _neuron_core(x, t, a0, q, s, qmin, qmax, mode, kappa, unit, fit_bias,
+                 delta_bounds) -> Core:
+    """The kept rows x (n, J), targets t and current pre-activations a0 as a Core: one
+    equality row with two residual columns per row ("match"), or one margin row with a slack
+    ("sign"); a bias column if asked."""
+    n_kept, n_weights = x.shape
+    d_lower = np.clip(qmin - q, None, 0).astype(np.float64)
+    d_upper = np.clip(qmax - q, 0, None).astype(np.float64)
+    if delta_bounds is not None:
+        d_lower = np.minimum(np.maximum(d_lower, delta_bounds[0]), 0)
+        d_upper = np.maximum(np.minimum(d_upper, delta_bounds[1]), 0)
+    row_factor = np.ones(n_kept) if mode == "match" else np.sign(t)
+    n_bias = 1 if fit_bias else 0
+    coef = (s / unit) * x * row_factor[:, None]
+    rows = np.arange(n_kept)
+    if mode == "match":
+        rhs = (t - a0) / unit
+        # a - t = unit * (u - v): row  coef.d + e - u + v = rhs
+        extra_cost = np.concatenate([np.zeros(n_bias), np.ones(2 * n_kept)])
+        extra_rows = [rows, rows]
+        extra_cols = [n_bias + rows, n_bias + n_kept + rows]
+        extra_vals = [-np.ones(n_kept), np.ones(n_kept)]
+        extra_x0 = np.concatenate([np.zeros(n_bias), np.maximum(-rhs, 0), np.maximum(rhs, 0)])
+        row_lower, row_upper = rhs, rhs
+    else:
+        rhs = (kappa - row_factor * a0) / unit
+        extra_cost = np.concatenate([np.zeros(n_bias), np.ones(n_kept)])
+        extra_rows = [rows]
+        extra_cols = [n_bias + rows]
+        extra_vals = [np.ones(n_kept)]
+        extra_x0 = np.concatenate([np.zeros(n_bias), np.maximum(rhs, 0)])
+        row_lower, row_upper = rhs, np.full(n_kept, INF)
+    if fit_bias:
+        extra_rows.append(rows)
+        extra_cols.append(np.zeros(n_kept, np.int64))
+        extra_vals.append(row_factor)
+    n_extra = len(extra_cost)
+    core = Core(
+        n_rows=n_kept, row_lower=row_lower, row_upper=row_upper,
+        d_lower=d_lower, d_upper=d_upper,
+        d_rows=np.repeat(rows, n_weights), d_cols=np.tile(np.arange(n_weights), n_kept),
+        d_vals=coef.reshape(-1),
+        extra_cost=extra_cost,
+        extra_lower=np.concatenate([np.full(n_bias, -INF), np.zeros(n_extra - n_bias)]),
+        extra_upper=np.full(n_extra, INF),
+        extra_rows=np.concatenate(extra_rows), extra_cols=np.concatenate(extra_cols),
+        extra_vals=np.concatenate(extra_vals), extra_x0=extra_x0,
+        bias_cols=np.arange(n_bias),
+    )
+    return core

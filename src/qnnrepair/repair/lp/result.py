@@ -82,6 +82,26 @@ class LPResult:
         )
 
 
+def unchanged_result(zero_d, zero_e, unchanged: float, lam: float, kappa: float,
+                     kept: np.ndarray) -> LPResult:
+    """The result of an LP with nothing to change (no variables or no rows)."""
+    return LPResult(zero_d, zero_e, "no_variables", unchanged, unchanged, unchanged, 0, 0, 0.0,
+                    lam, kappa, 0.0, zero_d.astype(np.float64), kept)
+
+
+def solved_result(solved, d, e, rounded: float, unchanged: float, to_true: float, lam: float,
+                  kappa: float, d_relaxed: np.ndarray, kept: np.ndarray) -> LPResult:
+    """An LPResult from a solved core (core.Solved), in true units (`to_true` per internal
+    unit of objective), with the rounded deltas d, e and their re-evaluated objective."""
+    return LPResult(
+        delta_weight=d, delta_bias=e, status=solved.status,
+        objective_relaxed=solved.bound * to_true, objective_rounded=rounded,
+        objective_unchanged=unchanged, n_rows=solved.n_rows, n_cols=solved.n_cols,
+        solve_seconds=solved.seconds, lam=lam, kappa=kappa, norm_relaxed=solved.norm_value,
+        delta_weight_relaxed=d_relaxed, rows_kept=kept,
+    )
+
+
 def select_rows(margins, failing, max_rows: int, rows_per_input=None) -> np.ndarray:
     """Which inputs to keep so that the LP has at most ``max_rows`` constraint rows.
 
