@@ -2,6 +2,7 @@
 errors. One local Ray (2 CPUs) serves the whole module; skipped if Ray is missing or will not
 start."""
 
+import json
 import os
 import pickle
 import signal
@@ -184,6 +185,28 @@ def test_a_worker_that_always_dies_stops_with_one_line(ray_session):
 def test_a_problem_error_reaches_the_caller_unchanged(ray_session):
     with pytest.raises(QnnRepairError, match="a problem's own error"):
         RayPool(n_workers=2).solve([tiny_problem(0), BadInput()])
+
+
+def test_cli_backend_ray_writes_the_local_pools_integers(ray_session, tmp_path, capsys):
+    """`qnnrepair repair --backend ray` (on this module's Ray) against `--backend local`."""
+    from qnnrepair.cli import main
+    from qnnrepair.quantization import load_quantized
+
+    write_tiny_task(tmp_path)
+    states = {}
+    for backend in ("local", "ray"):
+        output = tmp_path / f"{backend}.qnn"
+        code = main(["--no-progress", "repair", "--model", TINY_MODEL_SPEC, "--weights",
+                     str(tmp_path / "weights.pt"), "--data", str(tmp_path / "data.npz"),
+                     "--n-repair", "100", "--n-validation", "100", "--setting", "w2a4",
+                     "--workers", "2", "--backend", backend, "--output", str(output)])
+        assert code == 0, capsys.readouterr()
+        report = json.loads((tmp_path / f"{backend}.report.json").read_text())
+        assert report["repair_config"]["execution"]["backend"] == backend
+        assert report["changes"], "the tiny CLI repair changed nothing: nothing is compared"
+        states[backend] = load_quantized(output).integer_state()
+    for key, value in states["local"].items():
+        assert value.numpy().tobytes() == states["ray"][key].numpy().tobytes(), key
 
 
 def test_cli_ray_address_unreachable_is_one_line_naming_it_and_writes_nothing(tmp_path):
