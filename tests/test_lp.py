@@ -468,3 +468,35 @@ def test_rounding_direction_bounds_match_brute_force():
     print(f"MILP {result.objective_rounded:.6f} brute force {best[0]:.6f}")
     assert result.objective_rounded == pytest.approx(best[0], abs=1e-9)
     assert np.all(result.delta_weight >= lower) and np.all(result.delta_weight <= upper)
+
+
+def test_column_reduction_moves_only_the_chosen_weights_and_keeps_the_objective():
+    """A NeuronProblem restricted to `columns` solves the same L1 match with the other weights
+    fixed: deltas elsewhere are zero, and its objectives hold at full width."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 12))
+    q = rng.integers(-3, 4, 12)
+    target = 0.3 * x @ (q + rng.integers(-2, 3, 12)) + 0.1
+    cols = np.array([1, 4, 7, 9])
+    reduced = NeuronProblem(x, target, q, 0.3, 0.0, qmin=-7, qmax=7, columns=cols).solve()
+    whole = NeuronProblem(x, target, q, 0.3, 0.0, qmin=-7, qmax=7).solve()
+    print(reduced, whole)
+    assert set(np.flatnonzero(reduced.delta_weight)) <= set(cols.tolist())
+    assert np.any(reduced.delta_weight != 0), "the reduced LP changed nothing"
+    residual = 0.3 * x @ (q + reduced.delta_weight) + reduced.delta_bias - target
+    expected = np.abs(residual).mean() + reduced.lam * np.abs(reduced.delta_weight).sum()
+    assert reduced.objective_rounded == pytest.approx(expected, abs=EXACT)
+    assert reduced.objective_unchanged == pytest.approx(whole.objective_unchanged, abs=EXACT)
+    assert reduced.objective_rounded < reduced.objective_unchanged
+
+
+def test_match_keeps_the_columns_that_explain_the_mismatch_and_can_move():
+    from qnnrepair.repair.lp.match import Match
+
+    a = np.eye(4)[:, [0, 1, 2, 3]] * np.array([1.0, 2.0, 3.0, 4.0])  # column j pulls z_j * (j+1)
+    z = np.array([1.0, -1.0, 1.0, 0.1])
+    frozen = (np.array([0, 0, -1, 0]), np.array([1, 1, 0, 0]))  # weight 3 cannot move
+    assert Match.columns(a, z, None, None) is None
+    assert Match.columns(a, z, None, 8) is None  # narrow enough: every column
+    assert Match.columns(a, z, None, 2).tolist() == [1, 2]  # |A'z| = 1, 2, 3, 0.4
+    assert Match.columns(a, z, frozen, 3).tolist() == [0, 1, 2]

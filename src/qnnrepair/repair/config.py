@@ -59,7 +59,9 @@ class LPConfig:
     "rounding" lets a hidden weight move only between the floor and the ceiling of its float
     value (the LP chooses rounding directions, as AdaRound does; such LPs solved about 4x
     faster at 576 weights x 256 rows), "grid" anywhere on the integer grid. `failing_only`
-    builds raw-row LPs on failing repair images only (the paper's choice).
+    builds raw-row LPs on failing repair images only (the paper's choice). A "match" LP of a
+    neuron with more than `max_columns` inputs moves only the `max_columns` weights that best
+    explain the mismatch (Conv3's 12,544-input dense layer; None: every weight).
     """
 
     hidden_formulation: str = "match"
@@ -74,12 +76,16 @@ class LPConfig:
     summary_samples: int = 8192
     weight_domain: str = "rounding"
     failing_only: bool = False
+    max_columns: int | None = 4096
 
     def __post_init__(self) -> None:
         _choice("hidden_formulation", self.hidden_formulation, formulation_names(output=False))
         _choice("output_formulation", self.output_formulation, formulation_names(output=True))
         _choice("norm", self.norm, NORMS)
         _choice("weight_domain", self.weight_domain, WEIGHT_DOMAINS)
+        if self.max_columns is not None and self.max_columns < 1:
+            raise QnnRepairError(f"max_columns must be at least 1 or None, got "
+                                 f"{self.max_columns}")
         if self.max_rows < 1 or self.hidden_rows < 1:
             raise QnnRepairError(f"max_rows and hidden_rows must be at least 1, got "
                                  f"{self.max_rows} and {self.hidden_rows}")

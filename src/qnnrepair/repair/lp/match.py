@@ -7,6 +7,8 @@ over-fitted at W4A4: validation 95.8 % from 256 images, 96.6 % from 1,000).
 
 from __future__ import annotations
 
+import numpy as np
+
 from qnnrepair.repair.lp.formulation import Formulation, LayerLP, register_formulation
 from qnnrepair.repair.lp.neuron import NeuronProblem
 
@@ -28,7 +30,21 @@ class Match(Formulation):
         a, z = summary.rows, summary.rhs(residual)
         # a(d) - target = s A (q + d) + bias - target = s A d - z: pass target accordingly
         target = scale * (a @ weight) + bias + z
+        bounds = layer.delta_bounds(c)
         return NeuronProblem(a, target, weight, scale, bias, mode="match",
-                             delta_bounds=layer.delta_bounds(c), fit_bias=False,
-                             max_rows=len(a), bias_from=(summary.mean, float(residual.mean())),
+                             delta_bounds=bounds, fit_bias=False, max_rows=len(a),
+                             bias_from=(summary.mean, float(residual.mean())),
+                             columns=self.columns(a, z, bounds, layer.config.max_columns),
                              **layer.options)
+
+    @staticmethod
+    def columns(a, z, bounds, max_columns: int | None):
+        """For a layer wider than `max_columns` inputs, the weights worth an LP column: those
+        free to move whose summary column best explains what is to be matched (largest
+        |A_j . z|, the least-squares gradient at no change); None keeps every column."""
+        if max_columns is None or a.shape[1] <= max_columns:
+            return None
+        pull = np.abs(a.T @ z)
+        if bounds is not None:
+            pull[(bounds[0] == 0) & (bounds[1] == 0)] = -1.0  # cannot move
+        return np.sort(np.argsort(-pull, kind="stable")[:max_columns])

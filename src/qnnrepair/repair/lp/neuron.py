@@ -116,7 +116,8 @@ class NeuronProblem:
 
     `bias_from` = (mean input (J,), mean residual): when given, the bias delta is not an LP
     variable but its L2-optimal value for the integer deltas d, ``mean residual - s * mean . d``
-    (the rows of a summarized LP are centred, see repair/summary.py).
+    (the rows of a summarized LP are centred, see repair/summary.py). `columns`: when given,
+    only those weights may move (a column reduction for wide layers); the others stay.
     """
 
     inputs: np.ndarray
@@ -137,15 +138,35 @@ class NeuronProblem:
     solver: str = DEFAULT_SOLVER
     delta_bounds: tuple[np.ndarray, np.ndarray] | None = None
     bias_from: tuple[np.ndarray, float] | None = None
+    columns: np.ndarray | None = None
 
     def solve(self) -> LPResult:
-        args = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "bias_from"}
-        result = solve_neuron_lp(**args)
+        args = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("bias_from", "columns")}
+        result = solve_neuron_lp(**args) if self.columns is None else \
+            self._solve_on_columns(args)
         if self.bias_from is None:
             return result
         mean, residual_mean = self.bias_from
         shift = self.weight_scale * float(mean @ result.delta_weight)
         return replace(result, delta_bias=residual_mean - shift)
+
+    def _solve_on_columns(self, args: dict) -> LPResult:
+        """Only `columns` of the weights may move: the others' part of the pre-activation is
+        moved into the target, and the deltas are written back at full width."""
+        cols = np.asarray(self.columns)
+        fixed = np.ones(len(self.weight_int), bool)
+        fixed[cols] = False
+        x, q = np.asarray(self.inputs, np.float64), np.asarray(self.weight_int)
+        args.update(inputs=x[:, cols], weight_int=q[cols],
+                     target=np.asarray(self.target) - self.weight_scale * (
+                         x[:, fixed] @ q[fixed].astype(np.float64)))
+        if self.delta_bounds is not None:
+            args["delta_bounds"] = (self.delta_bounds[0][cols], self.delta_bounds[1][cols])
+        result = solve_neuron_lp(**args)
+        d, relaxed = np.zeros(len(q), np.int64), np.zeros(len(q))
+        d[cols], relaxed[cols] = result.delta_weight, result.delta_weight_relaxed
+        return replace(result, delta_weight=d, delta_weight_relaxed=relaxed)
 
     def __repr__(self) -> str:
         return (f"NeuronProblem(mode={self.mode!r}, rows={len(self.target)}, "
