@@ -25,13 +25,17 @@ logger = logging.getLogger("qnnrepair")
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model",
-                   help="zoo name (resnet20, resnet32, conv3, ...) or package.module:factory")
+    g.add_argument("--model", help="zoo name (resnet20, resnet32, conv3, ...), your own "
+                   "package.module:factory (importable here or from the working folder) or "
+                   "path/to/file.py:factory; factory() returns the nn.Module. Importing your "
+                   "module runs its code. Formats: docs/DATA.md")
+    _add_norm(g)
     g.add_argument("--weights", type=Path, help="float checkpoint (state dict) for --model")
     g.add_argument("--quantized", type=Path,
                    help="a quantized model file from `qnnrepair quantize` (instead of quantizing)")
     g.add_argument("--data", type=Path, help="training-split data: R and V are drawn from it "
-                   "(.npz, idx folder, CIFAR batches folder or image folder)")
+                   "(.npz, idx folder, CIFAR batches folder, image folder or a folder with "
+                   "labels.csv; docs/DATA.md)")
     g.add_argument("--test-data", type=Path, help="held-out data: validation and test are "
                    "drawn from it, disjointly (default: the rest of --data)")
     g.add_argument("--validation-data", type=Path, help="validation data of its own (default: "
@@ -42,6 +46,23 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-test", type=int, default=None, help="test-set size (default: all)")
     g.add_argument("--num-classes", type=int, default=10)
     g.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and ties")
+
+
+def _add_norm(g) -> None:
+    g.add_argument("--mean", type=float, nargs="+", metavar="M",
+                   help="input mean per channel (e.g. 0.485 0.456 0.406) of a module:factory "
+                   "model, after scaling pixels to [0, 1], as it was trained (default 0)")
+    g.add_argument("--std", type=float, nargs="+", metavar="S",
+                   help="input std per channel (e.g. 0.229 0.224 0.225) of a module:factory "
+                   "model (default 1); zoo models use their own")
+
+
+def _norm_note(spec: str, args) -> None:
+    """Say so when a user's model gets plain [0, 1] input: it may have been trained otherwise.
+    On stdout, with the results it qualifies: stderr holds only errors and warnings."""
+    if ":" in spec and args.mean is None and args.std is None:
+        print(f"note: {spec} gets pixels scaled to [0, 1], not normalized; if it was trained "
+              "on normalized input, pass --mean R G B --std R G B")
 
 
 def _add_quant(p: argparse.ArgumentParser) -> None:
@@ -135,10 +156,8 @@ def _workload(args):
         raise QnnRepairError("--data is required: give the data set R and V are drawn from")
     quantized = None
     if args.quantized is not None:
-        quantized = load_quantized(args.quantized)
-        if args.model is not None and args.model != quantized.model_spec:
-            raise QnnRepairError(f"--model {args.model} does not match the quantized file's "
-                                 f"architecture {quantized.model_spec}: drop --model")
+        # --model may say where a user's factory is when the file was made in another folder
+        quantized = load_quantized(args.quantized, model_spec=args.model)
         spec, model = quantized.model_spec, quantized.float_model
     elif args.model is None:
         raise QnnRepairError("--model is required (or --quantized FILE)")
@@ -147,7 +166,8 @@ def _workload(args):
     workload = prepare(spec, args.weights, args.data, args.test_data, n_repair=args.n_repair,
                        n_validation=args.n_validation, n_test=args.n_test, seed=args.seed,
                        num_classes=args.num_classes, model=model,
-                       validation_data=args.validation_data)
+                       validation_data=args.validation_data, mean=args.mean, std=args.std)
+    _norm_note(spec, args)
     return workload, quantized
 
 
@@ -339,8 +359,8 @@ def cmd_bench(args) -> int:
               f"{len(args.merge)} runs")
         return 0
     if not args.checkpoint or args.data is None or args.test_data is None:
-        raise QnnRepairError("bench needs --checkpoint NAME=FILE (repeatable), --data and "
-                             "--test-data")
+        raise QnnRepairError("bench needs --checkpoint MODEL=FILE (repeatable), --data and "
+                             "--test-data; see qnnrepair bench --help")
     models = [_name_and_path(item) for item in args.checkpoint]
     settings = tuple(args.settings or (("w4a4",) if args.quick else
                                        ("w8a8", "w4a8", "w3a8", "w4a4")))
@@ -356,7 +376,10 @@ def cmd_bench(args) -> int:
              "wall_s": 0.0, "done": []}
     workloads = [(model, partial(prepare, model, weights, args.data, args.test_data,
                                  n_repair=args.n_repair, n_validation=args.n_validation,
-                                 n_test=n_test, seed=args.seed)) for model, weights in models]
+                                 n_test=n_test, seed=args.seed, mean=args.mean, std=args.std))
+                 for model, weights in models]
+    for model, _ in models:
+        _norm_note(model, args)
     for model, setting, rows in run_bench(record, workloads, settings, config, piece,
                                           show_progress=args.progress):
         print(f"{model} {setting}: " + ", ".join(
@@ -371,9 +394,13 @@ def cmd_bench(args) -> int:
 
 
 def _name_and_path(item: str) -> tuple[str, Path]:
-    name, sep, path = item.partition("=")
-    if not sep or not path:
-        raise QnnRepairError(f"--checkpoint takes NAME=FILE, e.g. resnet20=ckpt.th; got {item!r}")
+    # Paths may hold '=' too: split where the right side is an existing file, else at the first.
+    cuts = [i for i, ch in enumerate(item) if ch == "="]
+    cut = next((i for i in cuts if Path(item[i + 1:]).is_file()), cuts[0] if cuts else -1)
+    name, sep, path = item[:cut], item[cut:cut + 1], item[cut + 1:]
+    if not sep or not name or not path:
+        raise QnnRepairError(f"--checkpoint takes MODEL=FILE, e.g. resnet20=ckpt.th or "
+                             f"nets.py:make_net=weights.pt; got {item!r}")
     return name, Path(path)
 
 
@@ -423,8 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="every method side by side on the same data; writes a "
                        "Markdown table, JSON and a PNG plot")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=FILE",
-                   help="zoo model and its float checkpoint (repeatable)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=FILE",
+                   help="model spec (zoo name, package.module:factory or path/file.py:factory; "
+                   "importing it runs its code) and its float checkpoint (repeatable)")
+    _add_norm(p)
     p.add_argument("--data", type=Path, help="training-split data (R and V)")
     p.add_argument("--test-data", type=Path, help="test data")
     p.add_argument("--settings", nargs="+", help="default: w8a8 w4a8 w3a8 w4a4")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,15 +56,22 @@ class Workload:
         return self.tensors[split][1]
 
 
-def user_model_info(spec: str, data: Dataset, num_classes: int) -> ModelInfo:
-    """A user's own model gets its input shape from the data and no normalization beyond [0,1]."""
+def user_model_info(spec: str, data: Dataset, num_classes: int,
+                    mean: Sequence[float] | None = None,
+                    std: Sequence[float] | None = None) -> ModelInfo:
+    """A user's own model gets its input shape from the data, pixels scaled to [0, 1] and then
+    normalized with `mean` and `std` per channel (default 0 and 1: no normalization)."""
     h, w, c = data.images.shape[1:]
-    return ModelInfo(spec, (c, h, w), num_classes, (0.0,) * c, (1.0,) * c)
+    return ModelInfo(spec, (c, h, w), num_classes,
+                     tuple(float(v) for v in mean) if mean is not None else (0.0,) * c,
+                     tuple(float(v) for v in std) if std is not None else (1.0,) * c)
 
 
-def probe_classes(model: nn.Module, model_spec: str, data: Dataset) -> int:
+def probe_classes(model: nn.Module, model_spec: str, data: Dataset,
+                  mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> int:
     """Run a user's model on one image: its output size is the class count."""
-    info = user_model_info(model_spec, data, 1)
+    info = user_model_info(model_spec, data, 1, mean, std)
     try:
         with torch.no_grad():
             logits = model(to_tensor(data.images[:1], info.mean, info.std))
@@ -78,29 +86,56 @@ def probe_classes(model: nn.Module, model_spec: str, data: Dataset) -> int:
     return logits.shape[1]
 
 
+def _zoo_info(model_spec: str, num_classes: int, mean: Sequence[float] | None,
+              std: Sequence[float] | None) -> ModelInfo:
+    """A zoo model's info; `mean`/`std` may only repeat its own normalization, since every
+    later command (and the quantized file) uses the zoo's."""
+    info = model_info(model_spec, num_classes)
+    for name, given, own in (("mean", mean, info.mean), ("std", std, info.std)):
+        if given is not None and not (len(given) == len(own) and all(
+                abs(float(a) - b) <= 1e-6 for a, b in zip(given, own))):
+            raise QnnRepairError(
+                f"zoo model {model_spec} normalizes with {name} "
+                f"{' '.join(f'{v:g}' for v in own)} (its checkpoints are trained so), not "
+                f"{' '.join(f'{float(v):g}' for v in given)}; --mean/--std are for your own "
+                "module:factory models: leave them out")
+    return info
+
+
 def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
             test_data: str | Path | None = None, *, n_repair: int = 1000,
             n_validation: int = 1000, n_test: int | None = None, seed: int = 0,
             num_classes: int = 10, model: nn.Module | None = None,
-            validation_data: str | Path | None = None) -> Workload:
+            validation_data: str | Path | None = None, mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None) -> Workload:
     """Load the model (unless given) and the data, check they fit, and draw the splits.
 
     R comes from `data`'s training split. V comes from `validation_data` when given, else
     from `test_data`'s test split (disjoint from T, which is the rest of it), else from
     `data` (with a warning: the float model may have been trained on it). T is `test_data`'s
     test split, or further images of `data` when no test data is given.
+
+    `mean` and `std` (one value per channel, applied after scaling pixels to [0, 1]) are the
+    input normalization of a user's `module:factory` model, as it was trained; without them
+    it gets [0, 1] input. A zoo model always uses its own; passing others is an error.
     """
     if n_repair == 0:
         raise QnnRepairError("the repair set is empty (n_repair 0): it calibrates the quantizer "
                              "and drives localization and the LPs; draw at least one image")
+    user = ":" in model_spec
+    if not user:
+        _zoo_info(model_spec, num_classes, mean, std)  # refuse before loading anything
     pool = load_dataset(data, split="train")
     test = load_dataset(test_data, split="test") if test_data is not None else None
     validation = load_dataset(validation_data, split="test") \
         if validation_data is not None else None
     if model is None:
         model = load_model(model_spec, weights, num_classes=num_classes)
-    info = model_info(model_spec, num_classes) if ":" not in model_spec else \
-        user_model_info(model_spec, pool, probe_classes(model, model_spec, pool))
+    if user:
+        info = user_model_info(model_spec, pool, probe_classes(model, model_spec, pool, mean, std),
+                               mean, std)
+    else:
+        info = _zoo_info(model_spec, num_classes, mean, std)
     for dataset in (pool, test, validation):
         if dataset is not None:
             check_compatible(dataset, info)

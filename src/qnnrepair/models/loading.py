@@ -13,6 +13,7 @@ import logging
 import pickle
 import sys
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,8 +34,10 @@ def load_model(spec: str, weights: str | Path | None = None, num_classes: int = 
     """Build the model named by `spec`, load `weights` into it, and return it in eval mode.
 
     `spec` is a zoo name (see `list_models()`) or `package.module:factory` for a user's
-    own network (`factory()` is called without arguments; `path/to/file.py:factory` works
-    too). Without `weights` the model keeps its fresh initialization.
+    own network (`factory()` is called without arguments), importable as installed or from
+    the working folder; or `path/to/file.py:factory`, the file imported with its own folder on
+    sys.path. Importing runs the module's code, as any import does. Without `weights` the
+    model keeps its fresh initialization.
     """
     model = _build_from_factory(spec) if ":" in spec else build_model(spec, num_classes)
     if weights is not None:
@@ -171,27 +174,80 @@ def _show(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > _SHOWN_KEYS else "")
 
 
-def _build_from_factory(spec: str) -> nn.Module:
+class ModelImportError(QnnRepairError):
+    """The module or file a `module:factory` spec names cannot be imported."""
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """(module or file, factory) of a `module:factory` or `path/file.py:factory` spec."""
     module_name, _, factory_name = spec.rpartition(":")
     if not module_name or not factory_name:
         raise QnnRepairError(
-            f"model spec {spec!r} is not package.module:factory; write e.g. mypkg.nets:make_net"
+            f"model spec {spec!r} is not package.module:factory or path/file.py:factory; "
+            "write e.g. mypkg.nets:make_net or nets.py:make_net (see docs/DATA.md)"
         )
-    module = _import(module_name, spec)
-    factory = getattr(module, factory_name, None)
-    if factory is None or not callable(factory):
-        what = "has no attribute" if factory is None else "has a non-callable"
-        raise QnnRepairError(
-            f"module {module_name} {what} {factory_name!r}; "
-            "name a function that returns an nn.Module"
-        )
+    return module_name, factory_name
+
+
+def model_origin(spec: str) -> dict[str, str]:
+    """Where the module of user spec `spec` was imported from, once it has been:
+    {"file": its absolute file, "path_entry": the folder to put on sys.path to import it}.
+    Empty for zoo names and modules not imported (or not from a file)."""
+    if ":" not in spec:
+        return {}
+    module_name, _ = split_spec(spec)
+    if module_name.endswith(".py"):
+        path = Path(module_name).resolve()
+        return {"file": str(path), "path_entry": str(path.parent)} if path.is_file() else {}
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return {}
+    path = Path(file).resolve()
+    # mypkg/nets.py for "mypkg.nets" (or mypkg/__init__.py for "mypkg"): climb one folder per
+    # dotted part to reach the sys.path entry it was found under.
+    entry = path.parent
+    for _ in range(module_name.count(".") + (path.name == "__init__.py")):
+        entry = entry.parent
+    return {"file": str(path), "path_entry": str(entry)}
+
+
+@contextmanager
+def on_sys_path(folder: Path):
+    """`folder` first on sys.path for the block (a console script, unlike `python -m`, does
+    not put the working folder there), then as it was."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
     try:
-        model = factory()
-    except Exception as err:
-        raise QnnRepairError(
-            f"{spec}() raised {type(err).__name__}: {_first_line(err)}; "
-            "the factory must build the model without arguments"
-        ) from err
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _build_from_factory(spec: str) -> nn.Module:
+    module_name, factory_name = split_spec(spec)
+    # The working folder (module:factory) or the file's own folder (file.py:factory) stays on
+    # sys.path while the factory runs too, for imports it makes of its neighbours.
+    folder = Path(module_name).parent if module_name.endswith(".py") else Path.cwd()
+    with on_sys_path(folder.resolve()):
+        module = _import(module_name, spec)
+        factory = getattr(module, factory_name, None)
+        if factory is None or not callable(factory):
+            what = "has no attribute" if factory is None else "has a non-callable"
+            raise QnnRepairError(
+                f"module {module_name} {what} {factory_name!r}; "
+                "name a function that returns an nn.Module"
+            )
+        try:
+            model = factory()
+        except Exception as err:
+            raise QnnRepairError(
+                f"{spec}() raised {type(err).__name__}: {_first_line(err)}; "
+                "the factory must build the model without arguments"
+            ) from err
     if not isinstance(model, nn.Module):
         raise QnnRepairError(
             f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module; "
@@ -201,23 +257,43 @@ def _build_from_factory(spec: str) -> nn.Module:
 
 
 def _import(module_name: str, spec: str) -> object:
-    """Import `module_name`, or load it from a file when it names an existing .py file."""
+    """Import `module_name`, or load it from a file when it names a .py file."""
     if module_name.endswith(".py"):
         return _import_file(Path(module_name), spec)
     try:
         return importlib.import_module(module_name)
-    except Exception as err:
-        raise QnnRepairError(
-            f"cannot import module {module_name!r} of model spec {spec!r} "
-            f"({type(err).__name__}: {_first_line(err)}); make sure it is on PYTHONPATH"
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module_name == err.name
+                                    or module_name.startswith(err.name + ".")):
+            raise _import_failed(module_name, spec, err) from err  # the module's own import
+        raise ModelImportError(
+            f"cannot import module {module_name!r} of model spec {spec!r} ({_first_line(err)}): "
+            f"it is neither installed nor in the working folder {Path.cwd()}; run from the "
+            "folder that holds it, add that folder to PYTHONPATH, or pass "
+            "--model path/to/file.py:factory"
         ) from err
+    except Exception as err:
+        raise _import_failed(module_name, spec, err) from err
+
+
+def _import_failed(module_name: str, spec: str, err: Exception) -> QnnRepairError:
+    return QnnRepairError(
+        f"importing module {module_name!r} of model spec {spec!r} failed "
+        f"({type(err).__name__}: {_first_line(err)}); fix the module or install what it imports"
+    )
 
 
 def _import_file(path: Path, spec: str) -> object:
     if not path.is_file():
-        raise QnnRepairError(f"model file {path} of model spec {spec!r} does not exist")
-    name = f"qnnrepair_user_model_{path.stem}"
-    file_spec = importlib.util.spec_from_file_location(name, path)
+        raise ModelImportError(
+            f"model file {path} of model spec {spec!r} does not exist (looked in "
+            f"{path.resolve().parent}); check the path, e.g. --model path/to/file.py:factory"
+        )
+    resolved = path.resolve()
+    name = f"qnnrepair_user_model_{resolved.stem}"
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(resolved):
+        return sys.modules[name]
+    file_spec = importlib.util.spec_from_file_location(name, resolved)
     if file_spec is None or file_spec.loader is None:
         raise QnnRepairError(f"cannot load {path} as a Python module; check the file name")
     module = importlib.util.module_from_spec(file_spec)

@@ -1,7 +1,12 @@
 """One file per quantized model, versioned, loadable with torch.load(weights_only=True).
 
 The file holds plain containers, strings and tensors only, so loading it never unpickles
-arbitrary objects. The architecture is rebuilt from `model_spec` (a zoo name or module:factory).
+arbitrary objects. The architecture is rebuilt from `model_spec` (a zoo name, module:factory
+or path/file.py:factory).
+
+Version 2 adds `model_origin`: for a user's model, the absolute file its factory was imported
+from and the folder that import needs on sys.path, so that a later command run from another
+folder still finds it, or says exactly what to pass. Version 1 files (no origin) are read too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from qnnrepair.quantization.modules import quant_layer_like
 from qnnrepair.quantization.quantizer import QuantizedModel
 
 FORMAT = "qnnrepair.quantized_model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # 1: no model_origin
 
 
 def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
@@ -32,6 +38,7 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_spec": qmodel.model_spec,
+        "model_origin": _origin(qmodel.model_spec),
         "num_classes": qmodel.num_classes,
         "config": json.dumps(qmodel.config.to_dict()),
         "layers": list(qmodel.layers),
@@ -45,24 +52,75 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
         torch.save(payload, tmp)
 
 
-def load_quantized(path: str | os.PathLike) -> QuantizedModel:
+def load_quantized(path: str | os.PathLike, model_spec: str | None = None) -> QuantizedModel:
+    """The quantized model in file `path`. Its architecture is rebuilt from the spec stored in
+    the file or, for a user's model, from `model_spec` naming the same factory elsewhere (e.g.
+    `path/to/file.py:make_net` when the file was made from `mymodel:make_net`)."""
     payload = _read(Path(path))
-    from qnnrepair.models import load_model  # late import: models import nothing from here
-
+    spec = _spec_to_use(Path(path), payload["model_spec"], model_spec)
+    float_model, spec = _build(Path(path), payload, spec, given=model_spec is not None)
     try:
-        float_model = load_model(payload["model_spec"], None,
-                                 num_classes=payload["num_classes"] or 10)
         apply_fold_structure(float_model, [tuple(p) for p in payload["folded"]])
         float_model.load_state_dict(payload["float_state"])
         quant_model = _quant_structure(float_model, payload["layer_bits"])
         quant_model.load_state_dict(payload["quant_state"])
     except (RuntimeError, KeyError, AttributeError) as err:
         raise QnnRepairError(f"{path}: quantized model does not fit architecture "
-                             f"{payload['model_spec']!r} ({_first_line(err)})") from None
+                             f"{spec!r} ({_first_line(err)})") from None
     return QuantizedModel(quant_model.eval(), float_model.eval(),
                           QuantConfig.from_dict(json.loads(payload["config"])),
                           list(payload["layers"]), [tuple(p) for p in payload["folded"]],
-                          payload["model_spec"], payload["num_classes"])
+                          spec, payload["num_classes"])
+
+
+def _origin(spec: str) -> dict[str, str]:
+    from qnnrepair.models.loading import model_origin
+
+    return model_origin(spec)
+
+
+def _spec_to_use(path: Path, stored: str, given: str | None) -> str:
+    if given is None or given == stored:
+        return stored
+    factory = stored.rpartition(":")[2]
+    if ":" not in stored or ":" not in given or given.rpartition(":")[2] != factory:
+        raise QnnRepairError(
+            f"model spec {given} does not match the architecture {stored} that {path} was "
+            f"quantized from: leave the model out" + (
+                f" or name the same factory, e.g. path/to/file.py:{factory}" if ":" in stored
+                else ""))
+    return given
+
+
+def _build(path: Path, payload: dict, spec: str, given: bool) -> tuple[torch.nn.Module, str]:
+    """The float architecture, and the spec it was finally built from: the stored one, else
+    (from another folder) the file or import folder recorded when the file was written."""
+    from qnnrepair.models import load_model  # late import: models import nothing from here
+    from qnnrepair.models.loading import ModelImportError, on_sys_path
+
+    num_classes = payload["num_classes"] or 10
+    origin = payload.get("model_origin") or {}
+    module, _, factory = spec.rpartition(":")
+    if not given and module.endswith(".py") and Path(origin.get("file", "")).is_file():
+        spec = f"{origin['file']}:{factory}"  # the very file it was made from, wherever we are
+    try:
+        return load_model(spec, None, num_classes=num_classes), spec
+    except ModelImportError as err:
+        failure = err
+    if not given and origin.get("path_entry") and Path(origin["path_entry"]).is_dir():
+        try:
+            with on_sys_path(Path(origin["path_entry"])):
+                return load_model(spec, None, num_classes=num_classes), spec
+        except ModelImportError:
+            pass
+    where = f" (from {origin['file']} when the file was written)" if origin else ""
+    hint = origin.get("file", "path/to/file.py")
+    kind = "file" if module.endswith(".py") else "module"
+    raise QnnRepairError(
+        f"{path} needs model spec {spec!r}{where}, whose {kind} "
+        f"{module} cannot be imported from {Path.cwd()}; pass --model {hint}:{factory} "
+        "(beside --quantized) to say where the factory is"
+    ) from failure
 
 
 def _read(path: Path) -> dict:
@@ -77,9 +135,10 @@ def _read(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise QnnRepairError(f"{path} is not a qnnrepair quantized model: create one with "
                              "`qnnrepair quantize`")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READ_VERSIONS:
         raise QnnRepairError(f"{path} has format version {payload.get('format_version')}, this "
-                             f"qnnrepair reads version {FORMAT_VERSION}: re-create the file")
+                             f"qnnrepair reads versions {', '.join(map(str, READ_VERSIONS))}: "
+                             "re-create the file with `qnnrepair quantize`")
     return payload
 
 
