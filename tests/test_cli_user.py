@@ -199,3 +199,28 @@ def test_bench_takes_a_file_factory_with_mean_and_std(task, capsys):
     rows = json.loads((task / "out" / "bench.json").read_text())["rows"]
     assert {r["model"] for r in rows} == {"usernet_bench.py:make_net"}
     assert {"rtn", "qnnrepair"} <= {r["method"] for r in rows}
+
+
+def test_labels_csv_folder_class_names_reach_the_report(task, capsys):
+    """A labels.csv folder with classes.txt: the repair report and its HTML page name classes."""
+    Image = pytest.importorskip("PIL.Image")
+    folder = task / "pictures"
+    (folder / "images").mkdir(parents=True)
+    with np.load(task / "data.npz") as data:
+        x, y = data["x"], data["y"]
+    rows = ["file,label,source"]
+    for k, (image, label) in enumerate(zip(x, y)):
+        Image.fromarray(image).save(folder / "images" / f"{k:04d}.png")
+        rows.append(f"images/{k:04d}.png,{label},me")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    names = ["cat", "dog <b>", "tench, Tinca tinca", "bird"]
+    (folder / "classes.txt").write_text("".join(f"{k}\tn0{k}\t{n}\n" for k, n in enumerate(names)))
+    code, out, err = run(capsys, "repair", "--model", "qnnrepair.testing:tiny_conv_net",
+                         "--weights", "weights.pt", "--data", "pictures", "--setting", "w3a4",
+                         *SIZES, "--output", "r.qnn", "--report-html", "r.html")
+    assert code == 0, err
+    report = json.loads((task / "r.report.json").read_text())
+    assert report["class_names"] == names
+    page = (task / "r.html").read_text()
+    assert "<td>dog &lt;b&gt;</td>" in page and "<td>tench, Tinca tinca</td>" in page
+    assert ">tench</text>" in page  # the chart's axis shows the name up to its comma

@@ -147,24 +147,38 @@ def _changes(report: RepairReport) -> str:
 
 
 def _per_class(report: RepairReport) -> str:
+    names = list(report.class_names)
     head = ("<h2>Per-class test accuracy</h2>\n<p class=\"sub\">Accuracy in percent on the test "
-            "images of each class (n/a: no test image of that class).</p>")
+            "images of each class (n/a: no test image of that class)"
+            + (", classes named as the data names them" if names else "") + ".</p>")
     per_class = report.per_class
     if not per_class:
         return head + "<p>Not recorded.</p>"
     n_classes = max(len(v) for v in per_class.values())
+    names += [""] * (n_classes - len(names))
     rows = []
     for k in range(n_classes):
         values = {m: per_class.get(m, [])[k] if k < len(per_class.get(m, [])) else math.nan
                   for m in MODELS}
-        rows.append([ch.num(k)] + [ch.num(ch.pct(values[m])) for m in MODELS]
+        rows.append([ch.num(k)] + ([names[k]] if any(names) else [])
+                    + [ch.num(ch.pct(values[m])) for m in MODELS]
                     + [ch.delta(values["repaired"], values["quantized"])])
-    table = ch.table([ch.num("class")] + [ch.num(f"{m} %") for m in MODELS]
-                   + [ch.num("repaired − quantized")], rows)
-    chart = ch.svg_grouped([str(k) for k in range(n_classes)],
-                         {m: list(per_class.get(m, [])) for m in MODELS}, "test accuracy %",
-                         group_width=max(12, min(60, 820 // max(n_classes, 1))))
+    table = ch.table([ch.num("class")] + (["name"] if any(names) else [])
+                     + [ch.num(f"{m} %") for m in MODELS]
+                     + [ch.num("repaired − quantized")], rows)
+    # Axis labels: a short name where one fits under its bars, else the index.
+    width = max(12, min(60, 820 // max(n_classes, 1)))
+    fits = max(1, width // 7)  # about 7 px a character at 11 px
+    labels = [_short(names[k], fits) or str(k) for k in range(n_classes)]
+    chart = ch.svg_grouped(labels, {m: list(per_class.get(m, [])) for m in MODELS},
+                           "test accuracy %", group_width=width)
     return head + f'<div class="cols">{chart}{table}</div>'
+
+
+def _short(name: str, fits: int) -> str:
+    """`name` up to its first comma ("tench, Tinca tinca" -> "tench") if that fits, else ""."""
+    name = name.split(",")[0].strip()
+    return name if len(name) <= fits else ""
 
 
 def _lps(report: RepairReport) -> str:

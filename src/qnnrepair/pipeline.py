@@ -211,4 +211,5 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
         steps=[s.to_dict() for s in repairer.steps_], timings=timings, per_class=per_class,
         splits=workload.splits.describe(),
         blame={name: [float(s) for s in values] for name, values in (scores or {}).items()},
-        validation_divergence=repairer.validation_divergence_)
+        validation_divergence=repairer.validation_divergence_,
+        class_names=list(workload.splits.test.classes or ()))

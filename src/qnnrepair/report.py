@@ -68,6 +68,7 @@ class RepairReport:
     splits: str = ""
     blame: dict[str, list[float]] = field(default_factory=dict)  # every ranked neuron's score
     validation_divergence: dict[str, float] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)  # index = label; empty: unnamed data
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": REPORT_VERSION,
