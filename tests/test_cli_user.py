@@ -224,3 +224,19 @@ def test_labels_csv_folder_class_names_reach_the_report(task, capsys):
     page = (task / "r.html").read_text()
     assert "<td>dog &lt;b&gt;</td>" in page and "<td>tench, Tinca tinca</td>" in page
     assert ">tench</text>" in page  # the chart's axis shows the name up to its comma
+
+
+def test_format_errors_point_to_a_real_document(task, capsys):
+    from pathlib import Path
+
+    (task / "empty").mkdir()
+    code, _, err = run(capsys, "evaluate", "--model", "conv3", "--data", "empty", *SIZES)
+    assert code == 2 and err.count("\n") == 1
+    assert "docs/DATA.md" in err and "qnnrepair repair --help" in err
+    code, _, err = run(capsys, "evaluate", "--model", "conv33", "--data", "data.npz", *SIZES)
+    assert code == 2 and "docs/DATA.md" in err
+    doc = (Path(__file__).parents[1] / "docs" / "DATA.md").read_text()
+    for topic in ("### `.npz` file", "### MNIST-style idx folder", "### CIFAR-10 python batches",
+                  "### Image folder", "### `labels.csv` folder", "path/to/file.py:factory",
+                  "weights_only=True"):
+        assert topic in doc, topic

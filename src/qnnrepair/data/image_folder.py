@@ -50,7 +50,7 @@ def load_image_folder(folder: Path) -> Dataset:
     if not files:
         raise QnnRepairError(
             f"image folder {folder} has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))} "
-            "files inside one subfolder per class)"
+            "files inside one subfolder per class, or a labels.csv; see docs/DATA.md)"
         )
     images = decode_images(files)
     logger.debug("read %d images of %d classes from %s", len(files), len(classes), folder)

@@ -92,7 +92,8 @@ def _entry(name: str) -> _Entry:
     except KeyError:
         raise QnnRepairError(
             f"unknown model {name!r}; known models: {', '.join(list_models())} "
-            "(or give your own as package.module:factory)"
+            "(or give your own as package.module:factory or path/file.py:factory; model specs "
+            "are described in docs/DATA.md)"
         ) from None
 
 
