@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -232,3 +233,61 @@ def test_cli_ray_address_unreachable_is_one_line_naming_it_and_writes_nothing(tm
     assert errors == lines[-1:] and errors[0].startswith(
         "qnnrepair: error: cannot reach the Ray cluster at 127.0.0.1:1"), lines
     assert not list(tmp_path.glob("repaired*")), "a failed repair wrote files"
+
+
+JOIN_SCRIPT = """
+import sys
+import numpy as np
+from ray.cluster_utils import Cluster
+from qnnrepair.repair.lp import RayPool, NeuronProblem
+
+rng = np.random.default_rng(0)
+problems = [NeuronProblem(rng.normal(size=(30, 8)), rng.normal(size=30), np.zeros(8, int), 0.1,
+                          0.0, -3, 3) for _ in range(5)]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+try:
+    pool = RayPool(n_workers=1, address=cluster.address, connect_timeout_s=60)
+    got = pool.solve(problems)
+    same = all(np.array_equal(g.delta_weight, p.solve().delta_weight)
+               for g, p in zip(got, problems))
+    print("joined", cluster.address, same, pool._started)
+finally:
+    import ray
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_joins_a_running_cluster_by_address():
+    """A cluster started apart from the backend (in a fresh process: this one has a Ray)."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'qnnrepair[ray]'")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", JOIN_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=180)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and lines, done.stderr[-2000:]
+    print(lines[-1])
+    assert lines[-1].startswith("joined") and lines[-1].endswith("True False"), lines[-1]
+
+
+def test_a_port_where_ray_does_not_answer_fails_within_the_timeout():
+    """Something listens but is not Ray: Ray alone would retry for minutes."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'qnnrepair[ray]'")
+    with socket.create_server(("0.0.0.0", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        code = ("import numpy as np\n"
+                "from qnnrepair.repair.lp import make_backend, NeuronProblem\n"
+                "p = NeuronProblem(np.ones((2, 2)), np.ones(2), np.zeros(2, int), 1.0, 0.0, -1,"
+                " 1)\n"
+                f"make_backend('ray', address='{address}', connect_timeout_s=3).solve([p])\n")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+        seconds = time.perf_counter() - start
+    last = done.stderr.strip().splitlines()[-1]
+    print(f"{seconds:.1f} s: {last}")
+    assert last.startswith(f"qnnrepair.errors.QnnRepairError: cannot connect to the Ray cluster "
+                           f"at {address}"), last
+    assert seconds < 30, f"{seconds:.0f} s to give up on a silent port"

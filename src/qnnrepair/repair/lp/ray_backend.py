@@ -35,6 +35,7 @@ import math
 import os
 import pickle
 import socket
+import threading
 import time
 from collections.abc import Sequence
 
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 MIN_BATCH = 4
 MAX_BATCH = 32
 TASKS_PER_SLOT = 4
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 30.0
 
 
 def batch_bounds(n_problems: int, n_slots: int, batch_size: int | None = None
@@ -113,7 +114,8 @@ class RayPool:
         address: a running cluster ("host:port", "ray://host:port" or "auto"); None: the
             RAY_ADDRESS environment variable, else a local Ray.
         max_retries: how many times a task whose worker died is run again.
-        connect_timeout_s: how long to wait for the cluster's address to answer.
+        connect_timeout_s: how long to wait for the cluster's address to answer, and then for
+            Ray to join it.
     """
 
     def __init__(self, n_workers: int = 2, address: str | None = None,
@@ -207,11 +209,27 @@ class RayPool:
         address = self.address
         if address != "auto":  # "auto" finds a cluster started on this machine
             _check_reachable(address, self.connect_timeout_s)
-        try:
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as err:
+        # Ray retries for minutes when something else answers at the address (or the head is
+        # half up): give it connect_timeout_s in a thread of its own, then give up.
+        outcome: dict[str, BaseException | bool] = {}
+
+        def init() -> None:
+            try:
+                ray.init(address=address, configure_logging=False, log_to_driver=False)
+                outcome["joined"] = True
+            except BaseException as err:  # handed to the caller's thread below
+                outcome["error"] = err
+
+        thread = threading.Thread(target=init, name="qnnrepair-ray-init", daemon=True)
+        thread.start()
+        thread.join(self.connect_timeout_s)
+        if thread.is_alive():
+            raise QnnRepairError(f"cannot connect to the Ray cluster at {address}: no Ray answer "
+                                 f"within {self.connect_timeout_s:g} s (is it a Ray head's GCS "
+                                 "port, 6379 by default, or a ray:// client port?)")
+        if "error" in outcome:
             raise QnnRepairError(f"cannot connect to the Ray cluster at {address}: "
-                                 f"{_first_line(err)}") from None
+                                 f"{_first_line(outcome['error'])}") from None
         logger.info("joined the Ray cluster at %s", address)
 
     def _slots(self, ray) -> int:
