@@ -144,8 +144,11 @@ class RayPool:
             return []
         ray = self._connect()
         start = time.perf_counter()
-        # One object for the whole list: arrays the problems share are stored once.
-        ref = ray.put(share_equal_arrays(problems))
+        try:  # one object for the whole list: arrays the problems share are stored once
+            ref = ray.put(share_equal_arrays(problems))
+        except ray.exceptions.RayError as err:  # e.g. the object store is full
+            raise QnnRepairError(f"Ray could not store the {len(problems)} LPs: "
+                                 f"{_first_line(err)}") from None
         self.stats_["put_seconds"] += time.perf_counter() - start
         self.stats_["put_bytes"] += _object_size(ray, ref)
         bounds = batch_bounds(len(problems), self._slots(ray), self.batch_size)
@@ -196,8 +199,12 @@ class RayPool:
             if self.address:
                 self._join(ray)
             else:
-                ray.init(num_cpus=self.n_workers, include_dashboard=False,
-                         configure_logging=False, log_to_driver=False)
+                try:
+                    ray.init(num_cpus=self.n_workers, include_dashboard=False,
+                             configure_logging=False, log_to_driver=False)
+                except Exception as err:  # no shared memory, no free port, ...
+                    raise QnnRepairError(f"could not start a local Ray with {self.n_workers} "
+                                         f"CPUs: {_first_line(err)}") from None
                 self._started = True
                 logger.info("started a local Ray with %d CPUs", self.n_workers)
         if self._remote is None:
