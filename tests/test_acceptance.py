@@ -1,0 +1,58 @@
+"""The guard (repair/acceptance.py): what it keeps, judged on validation."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qnnrepair.repair.acceptance import Guard, Score
+from qnnrepair.testing import blob_data, trained_tiny_net
+
+scores = st.builds(Score, st.floats(0, 100), st.floats(0, 10))
+
+
+@settings(max_examples=300, deadline=None)
+@given(candidate=scores, best=scores, changed=st.booleans(),
+       criterion=st.sampled_from(["kl", "accuracy"]), min_gain=st.floats(0, 0.5))
+def test_the_guard_never_keeps_a_candidate_that_lowers_validation_accuracy(
+        candidate, best, changed, criterion, min_gain):
+    guard = Guard.__new__(Guard)  # the decision needs no model
+    guard.criterion, guard.min_gain = criterion, min_gain
+    kept = guard.accepts(candidate, best, changed)
+    if kept:
+        assert changed and candidate.accuracy >= best.accuracy
+    if kept and criterion == "kl":
+        assert candidate.divergence < best.divergence * (1 - min_gain)
+
+
+def test_a_tie_or_one_image_more_is_not_enough_with_kl():
+    guard = Guard.__new__(Guard)
+    guard.criterion, guard.min_gain = "kl", 0.01
+    best = Score(90.0, 0.2000)
+    assert not guard.accepts(Score(90.0, 0.2000), best, True)  # a tie
+    assert not guard.accepts(Score(90.1, 0.1990), best, True)  # one image, KL -0.5 %
+    assert guard.accepts(Score(90.0, 0.1900), best, True)  # KL -5 %, accuracy held
+    assert not guard.accepts(Score(89.9, 0.1000), best, True)  # accuracy dropped
+    assert guard.worse(Score(91.0, 0.2100), best) and not guard.worse(Score(80, 0.199), best)
+
+
+def test_scores_are_accuracy_and_kl_to_the_float_model():
+    model = trained_tiny_net(seed=0)
+    images, labels = blob_data(120, seed=1)
+    guard = Guard(model, images, labels)
+    same = guard.score(model)
+    other = trained_tiny_net(seed=1)
+    with torch.no_grad():
+        p = torch.log_softmax(model(images).double(), 1)
+        q = torch.log_softmax(other(images).double(), 1)
+        kl = (p.exp() * (p - q)).sum(1).mean().item()
+        acc = 100.0 * (other(images).argmax(1) == labels).double().mean().item()
+    print(same, guard.score(other), kl, acc)
+    assert same.divergence == pytest.approx(0.0, abs=1e-12)
+    assert guard.score(other).divergence == pytest.approx(kl, rel=1e-9)
+    assert guard.score(other).accuracy == pytest.approx(acc)
+    with torch.no_grad():
+        right = 100.0 * (model(images).argmax(1) == labels).double().mean().item()
+    assert math.isclose(same.accuracy, right)
