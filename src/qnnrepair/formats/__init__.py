@@ -1,1 +1,1 @@
-"""Readers and writers for the quantized files people deploy (TFLite today)."""
+"""Readers and writers for the quantized files people deploy (TFLite, ONNX QDQ)."""

@@ -1,0 +1,183 @@
+"""Read an ONNX file into plain records: the nodes that compute on data, in topological order,
+and every constant (initializers, Constant nodes, and shape arithmetic on them).
+
+Exporters write shape computations as small subgraphs of constants (torch writes F.pad's
+paddings as ConstantOfShape / Concat / Reshape / Slice / Transpose / Cast). They are evaluated
+here once, with ONNX's own reference implementation, so the simulation only has to know the ops
+that touch the data. QuantizeLinear / DequantizeLinear are never folded: the integers behind a
+DequantizeLinear are what a repair changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qnnrepair.errors import QnnRepairError
+
+_INSTALL = "install it with: pip install 'qnnrepair[export]'"
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Domains whose Q/DQ mean the same (ORT writes 16-bit Q/DQ in its own domain).
+_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise QnnRepairError(f"reading ONNX files needs the onnx package: {_INSTALL}") from None
+    return onnx
+
+
+@dataclass
+class Node:
+    """One node: `attrs` holds decoded attribute values (strings as str)."""
+
+    index: int
+    name: str
+    op_type: str
+    domain: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How messages name the node."""
+        return f"{self.op_type} node {self.name!r}" if self.name else \
+            f"{self.op_type} node #{self.index}"
+
+    def __repr__(self) -> str:
+        return f"Node({self.index}, {self.op_type}, {self.name!r})"
+
+
+@dataclass
+class OnnxFile:
+    """The main graph of an ONNX file, decoded. `constants` maps every constant value's name to
+    its numpy array; `nodes` are the remaining nodes in topological order; `initializers` names
+    the file's own initializers (what a writer may change)."""
+
+    path: str
+    nodes: list[Node]
+    constants: dict[str, np.ndarray]
+    initializers: set[str]
+    inputs: list[str]
+    outputs: list[str]
+    output_shapes: list[tuple]
+    opset: int
+
+    def is_quantized(self) -> bool:
+        return any(n.op_type in QDQ_OPS for n in self.nodes)
+
+    def __repr__(self) -> str:
+        return f"OnnxFile({Path(self.path).name!r}, {len(self.nodes)} nodes)"
+
+
+def load_proto(path: str | Path):
+    """The ModelProto of `path`; one-line QnnRepairError if it is missing or not ONNX."""
+    onnx = require_onnx()
+    path = Path(path)
+    if not path.is_file():
+        raise QnnRepairError(f"ONNX file {path} not found")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 (DecodeError, OSError, ValueError ...)
+        raise QnnRepairError(f"{path} is truncated or not an ONNX model ({_first_line(exc)}): "
+                             "re-export it") from None
+    if not proto.graph.node:
+        raise QnnRepairError(f"{path} is truncated or not an ONNX model (its graph has no "
+                             "nodes): re-export it")
+    return proto
+
+
+def read_onnx(path: str | Path) -> OnnxFile:
+    """Decode `path`, fold its constant subgraphs and sort its nodes."""
+    onnx = require_onnx()
+    from onnx import numpy_helper
+
+    proto = load_proto(path)
+    graph = proto.graph
+    try:
+        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    except Exception as exc:  # noqa: BLE001
+        raise QnnRepairError(f"{path} has an unreadable initializer ({_first_line(exc)}): "
+                             "re-export it") from None
+    initializers = set(constants)
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    nodes = [_node(i, n, onnx) for i, n in enumerate(graph.node)]
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                default=0)
+    ordered = _topological(nodes, set(inputs) | set(constants), str(path))
+    kept = []
+    for node, proto_node in ordered:
+        if node.op_type == "Constant":
+            constants[node.outputs[0]] = _constant_value(proto_node, node, path)
+        elif node.op_type not in QDQ_OPS and all(not i or i in constants for i in node.inputs):
+            _fold(proto_node, node, constants, path)
+        else:
+            kept.append(node)
+    shapes = [tuple(d.dim_value if d.HasField("dim_value") else None
+                    for d in o.type.tensor_type.shape.dim) for o in graph.output]
+    return OnnxFile(str(path), kept, constants, initializers, inputs,
+                    [o.name for o in graph.output], shapes, opset)
+
+
+def _node(index: int, proto_node, onnx) -> tuple[Node, object]:
+    attrs = {}
+    for a in proto_node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        attrs[a.name] = value
+    node = Node(index, proto_node.name, proto_node.op_type, proto_node.domain,
+                list(proto_node.input), list(proto_node.output), attrs)
+    if node.domain not in _DOMAINS:
+        raise QnnRepairError(f"{node.label} is in domain {node.domain!r}: only standard ONNX "
+                             "operators (and ONNX Runtime's Q/DQ) are supported")
+    return node, proto_node
+
+
+def _topological(nodes, available: set[str], path: str):
+    """Kahn's order, stable with respect to the file's order."""
+    available = set(available) | {""}
+    pending, ordered = list(nodes), []
+    while pending:
+        ready = [p for p in pending if all(i in available for i in p[0].inputs)]
+        if not ready:
+            node = pending[0][0]
+            missing = [i for i in node.inputs if i not in available]
+            raise QnnRepairError(f"{path}: {node.label} reads {missing[0]!r}, which no node or "
+                                 "initializer produces (a cycle or a damaged file)")
+        ready_ids = {id(p) for p in ready}
+        pending = [p for p in pending if id(p) not in ready_ids]
+        for p in ready:
+            ordered.append(p)
+            available.update(p[0].outputs)
+    return ordered
+
+
+def _constant_value(proto_node, node: Node, path) -> np.ndarray:
+    return _evaluate(proto_node, node, {}, path)[0]
+
+
+def _fold(proto_node, node: Node, constants: dict, path) -> None:
+    feeds = {i: constants[i] for i in node.inputs if i}
+    for name, value in zip(node.outputs, _evaluate(proto_node, node, feeds, path)):
+        constants[name] = value
+
+
+def _evaluate(proto_node, node: Node, feeds: dict, path) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(proto_node).run(None, feeds)]
+    except Exception as exc:  # noqa: BLE001
+        raise QnnRepairError(f"{path}: cannot evaluate the constant {node.label} "
+                             f"({_first_line(exc)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
