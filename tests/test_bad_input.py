@@ -168,15 +168,15 @@ def test_output_folder_is_a_file(files, capsys, flag):
 
 
 def test_ctrl_c_during_repair_is_exit_130_and_writes_nothing(files, capsys, monkeypatch):
-    from qnnrepair.repair.engine import Repairer
+    from qnnrepair.repair import engine
 
     calls = []
 
-    def interrupted(self, *args, **kwargs):
+    def interrupted(*args, **kwargs):
         calls.append(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Repairer, "_candidate", interrupted)
+    monkeypatch.setattr(engine, "build_candidate", interrupted)
     line = assert_fails_cleanly(capsys, files, repair_args(files, "--quantized",
                                                            str(files / "q.qnn")),
                                 "no output file was written", code_expected=130,

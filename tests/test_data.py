@@ -463,7 +463,7 @@ def test_splits_are_disjoint_deterministic_and_sized() -> None:
     assert np.array_equal(again.test_indices, splits.test_indices)
     other = make_splits(pool(), None, n_repair=20, n_validation=30, n_test=40, seed=4)
     assert not np.array_equal(other.repair.images, splits.repair.images)
-    assert repr(splits) == "Splits(repair=20, validation=30, test=40)"
+    assert repr(splits) == "Splits(repair=20, validation=30 (training), test=40)"
 
 
 def test_splits_follow_numpy_pcg64_permutation() -> None:
@@ -480,12 +480,15 @@ def test_repair_set_does_not_depend_on_validation_size() -> None:
     assert np.array_equal(small.repair_indices, large.repair_indices)
 
 
-def test_given_test_set_is_kept() -> None:
+def test_given_test_set_holds_validation_and_test() -> None:
     test = Dataset(*tiny(8, (1, 1, 1)))
-    splits = make_splits(pool(), test, n_repair=10, n_validation=10)
-    assert splits.test is test and splits.test_indices is None
-    first = make_splits(pool(), test, n_repair=10, n_validation=10, n_test=3)
-    assert np.array_equal(first.test.images, test.images[:3])
+    splits = make_splits(pool(), test, n_repair=10, n_validation=3)
+    assert splits.validation_source == "held-out"
+    drawn = np.sort(np.concatenate([splits.validation_indices, splits.test_indices]))
+    assert np.array_equal(drawn, np.arange(8))  # V and T split the held-out set
+    assert np.array_equal(splits.test.images, test.images[splits.test_indices])
+    first = make_splits(pool(), test, n_repair=10, n_validation=3, n_test=3)
+    assert np.array_equal(first.test_indices, splits.test_indices[:3])
 
 
 @pytest.mark.parametrize(
@@ -496,7 +499,8 @@ def test_given_test_set_is_kept() -> None:
         (dict(test=None, n_repair=10, n_validation=10, n_test=81), r"\+ 81 test images"),
         (dict(test=None, n_repair=-1, n_validation=10), "n_repair must be a non-negative"),
         (dict(test=Dataset(*tiny(4)), n_repair=1, n_validation=1), "test images are 8x8x3"),
-        (dict(test=pool(5), n_repair=1, n_validation=1, n_test=6), "test set has only 5"),
+        (dict(test=pool(5), n_repair=1, n_validation=1, n_test=6),
+         r"held-out data has 5 images, too few for 1 validation \+ 6 test"),
     ],
 )
 def test_make_splits_errors(kwargs: dict, match: str) -> None:

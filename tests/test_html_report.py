@@ -37,8 +37,9 @@ def repaired(tmp_path_factory):
     code = main(["--no-progress", "repair", "--model", MODEL, "--weights",
                  str(folder / "weights.pt"), "--data", str(folder / "data.npz"), "--setting",
                  "w3a4", "--n-repair", "80", "--n-validation", "80", "--workers", "1",
-                 # the output layer too: on this tiny net the hidden-only default keeps nothing
-                 "--layers", "all",
+                 # the output layer too, ranked by output blame: on this tiny net the
+                 # hidden-only default or an SBFL ranking keeps nothing
+                 "--layers", "all", "--metric", "gradient",
                  "--output", str(folder / "repaired.qnn"), "--report-html", str(page)])
     assert code == 0
     report = json.loads((folder / "repaired.report.json").read_text())
@@ -65,11 +66,13 @@ def test_html_holds_the_numbers(repaired):
         for model in MODELS:
             assert f"{report['accuracy'][split][model]:.2f}" in table, (split, model)
         assert str(report["sizes"][split]) in table
-    for neuron, score in report["top_neurons"]:
-        assert f">{neuron}<" in page and f"{neuron}: {score:.4g}" in page
+    for neuron, score in report["top_neurons"]:  # one cell per neuron, titled with its score
+        assert f"{neuron}: {score:.4g}</title>" in page
+    for layer, scores in report["blame"].items():
+        assert f">{layer}<" in page and len(scores) == page.count(f"<title>{layer}[")
     for change in report["changes"]:
         row = table.index(change["neuron"])
-        assert table[row + 2:row + 6] == [str(change["weights_changed"]), str(change["delta_l1"]),
+        assert table[row + 1:row + 5] == [str(change["weights_changed"]), str(change["delta_l1"]),
                                           str(change["delta_max"]), f"{change['bias_delta']:+d}"]
     for model, values in report["per_class"].items():
         for value in values:
@@ -81,7 +84,9 @@ def test_html_holds_the_numbers(repaired):
         assert f"{rows} × {cols}" in page
     decisions = [c for c in table if c in ("kept", "rejected")]
     assert decisions == ["kept" if s["accepted"] else "rejected" for s in report["steps"]]
-    for values in (report["quant_config"], report["repair_config"], report["versions"]):
+    repair = {f"{part}.{key}": value for part, values in report["repair_config"].items()
+              if isinstance(values, dict) for key, value in values.items()}
+    for values in (report["quant_config"], repair, report["versions"]):
         for key, value in values.items():
             assert key in table, key
             assert (json.dumps(value) if isinstance(value, (list, dict)) else str(value)) in \

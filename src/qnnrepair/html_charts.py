@@ -89,7 +89,7 @@ def text(x: float, y: float, text, anchor: str = "start", extra: str = "") -> st
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{e(text)}</text>')
 
 
-def legend(items: list[tuple[str, str]], x: float, y: float,
+def draw_legend(items: list[tuple[str, str]], x: float, y: float,
             max_x: float = CHART_WIDTH) -> tuple[list[str], float]:
     """Colour swatches with names from (x, y), wrapping at max_x; returns them and the y
     below the last line."""
@@ -107,10 +107,10 @@ def legend(items: list[tuple[str, str]], x: float, y: float,
 def svg_hbars(bars: list[tuple[str, float, str]], legend: list[tuple[str, str]]) -> str:
     """Horizontal bars, one per (label, value, colour), top to bottom; zero line if negative."""
     bar_h, gap, label_w = 15, 4, 150
-    out, top = legend(legend, label_w, 14)
+    out, top = draw_legend(legend, label_w, 14)
     plot_w = CHART_WIDTH - label_w - 80
-    finite = [v for _, v, _ in bars if finite(v)] or [0.0]
-    lo, hi = min(0.0, min(finite)), max(0.0, max(finite))
+    shown = [v for _, v, _ in bars if finite(v)] or [0.0]
+    lo, hi = min(0.0, min(shown)), max(0.0, max(shown))
     hi = hi if hi > lo else lo + 1.0
 
     def x(v: float) -> float:
@@ -141,7 +141,7 @@ def svg_grouped(groups: list[str], series: dict[str, list[float]], ylabel: str,
     width = max(width, 340)
     names = [n for n in series if series[n]]
     bar_w = 0.8 * group_width / max(len(names), 1)
-    out, _ = legend([(n, MODEL_COLORS.get(n, "#555")) for n in names], left, 14, width)
+    out, _ = draw_legend([(n, MODEL_COLORS.get(n, "#555")) for n in names], left, 14, width)
     for tick in range(0, 101, 25):
         y = top + plot_h * (1 - tick / 100)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" '

@@ -99,7 +99,7 @@ def _accuracy(report: RepairReport) -> str:
 
 
 def _ranking(report: RepairReport) -> str:
-    metric = report.repair_config["localization"]["metric"]
+    metric = _setting_of(report, "localization", "metric")
     head = ("<h2>Where the blame is</h2>\n<p class=\"sub\">How much each neuron is to blame "
             f"by the <code>{ch.e(metric)}</code> score on the repair set. Left: each layer's "
             "share of the positive blame and how many of its neurons the repair changed. "
@@ -185,8 +185,8 @@ def _lps(report: RepairReport) -> str:
     times = np.array(report.lp_seconds(), dtype=np.float64)
     sizes = [tuple(s) for step in report.steps for s in step.get("lp_sizes", [])]
     head = (f"<h2>Linear programs</h2>\n<p class=\"sub\">{report.n_lps} LPs solved by HiGHS "
-            f"({'MILP' if report.repair_config['lp']['integer'] else 'LP relaxation + rounding'}"
-            f", time limit {ch.e(report.repair_config['lp']['time_limit'])} s each). An LP is "
+            f"({'MILP' if _setting_of(report, 'lp', 'integer') else 'LP relaxation + rounding'}"
+            f", time limit {ch.e(_setting_of(report, 'lp', 'time_limit'))} s each). An LP is "
             "solved once and reused by every later step that needs it.</p>")
     if not len(times):
         return head + "<p>No LP was solved.</p>"
@@ -260,6 +260,12 @@ def _flat(config: dict) -> dict:
     return {f"{k}.{kk}" if isinstance(v, dict) else k: vv
             for k, v in config.items()
             for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
+
+
+def _setting_of(report: RepairReport, part: str, key: str):
+    """A repair setting from the nested config (or a flat one, as reports before format 2)."""
+    config = report.repair_config
+    return config.get(part, config).get(key, "?")
 
 
 def _setting(report: RepairReport) -> str:

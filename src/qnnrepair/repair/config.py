@@ -114,7 +114,8 @@ class AcceptanceConfig:
     `criterion` judges a candidate on V (repair/acceptance.py): "kl" keeps it when the mean
     KL divergence to the float model's soft predictions drops by at least `min_gain`
     (relative) and accuracy does not drop, and stops at the first candidate that makes the
-    divergence worse; "accuracy" keeps it when accuracy does not drop (the paper preset)."""
+    divergence worse; "accuracy" keeps it when accuracy does not drop (the paper preset).
+    Either way the loop stops once validation accuracy reaches the float model's."""
 
     schedule: str = "geometric"
     growth: int = 4

@@ -93,7 +93,7 @@ class Repairer:
         on_best = rule.schedule == "blocks"  # else every candidate starts from qmodel
         for first, stop in progress(rule.candidates(len(ranking)), show_progress,
                                     desc="repair"):
-            if rule.criterion == "accuracy" and best.accuracy >= float_val:
+            if best.accuracy >= float_val:  # V has reached the float model's accuracy
                 break
             if self._out_of_time(loop_start):
                 break
