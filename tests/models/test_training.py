@@ -28,7 +28,7 @@ from qnnrepair.training import (
     train,
 )
 
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data" / "cifar10"
+SHARED_DATA = Path(__file__).parents[3] / "shared" / "data" / "cifar10"
 # conv3 on 256 images of 32x32: about 0.3 s per epoch on one thread.
 TINY = TrainConfig(epochs=3, batch_size=32, lr=0.01, seed=0)
 

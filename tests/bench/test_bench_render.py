@@ -12,7 +12,7 @@ import pytest
 
 from qnnrepair.bench import BenchRecord
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 @pytest.mark.parametrize("stem", ["bench", "bench-quick"])

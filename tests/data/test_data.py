@@ -14,7 +14,7 @@ from qnnrepair.data import Dataset, check_compatible, load_dataset, make_splits,
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.models import ModelInfo, model_info
 
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).parents[3] / "shared" / "data"
 
 
 def expect_error(match: str) -> pytest.RaisesContext:

@@ -444,7 +444,7 @@ def test_highs_prints_nothing():
     code = ("import numpy as np; from qnnrepair.repair.lp import solve_neuron_lp; "
             "solve_neuron_lp(np.eye(3), np.ones(3), np.zeros(3, int), 0.1, 0.0, -7, 7, "
             "integer=True)")
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=60, check=False)

@@ -25,7 +25,7 @@ from qnnrepair.models import (
 )
 from qnnrepair.models.resnet import PadShortcut
 
-SHARED = Path(__file__).parents[2] / "shared"
+SHARED = Path(__file__).parents[3] / "shared"
 CHECKPOINTS = SHARED / "models"
 CIFAR_TEST = SHARED / "data" / "cifar10" / "test.npz"
 ZOO = ["conv3", "conv5", "mobilenetv2", "resnet20", "resnet32", "resnet44", "resnet56", "vgg"]
