@@ -216,8 +216,8 @@ def test_cli_ray_address_unreachable_is_one_line_naming_it_and_writes_nothing(tm
     write_tiny_task(tmp_path)
     output = tmp_path / "repaired.qnn"
     argv = ["--no-progress", "repair", "--model", TINY_MODEL_SPEC, "--weights",
-            str(tmp_path / "weights.pt"), "--data", str(tmp_path / "data.npz"), "--n-repair", "60",
-            "--n-validation", "60", "--setting", "w2a4", "--workers", "1", "--ray-address",
+            str(tmp_path / "weights.pt"), "--data", str(tmp_path / "data.npz"), "--n-repair",
+            "100", "--n-validation", "100", "--setting", "w2a4", "--workers", "1", "--ray-address",
             "127.0.0.1:1", "--output", str(output)]
     code = "import sys; from qnnrepair.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
