@@ -6,6 +6,7 @@ Three verbs, all removing their hooks in `finally` (also when the forward pass r
   its output (`what="output"`, a forward hook) or its first positional input (`what="input"`,
   a forward pre-hook, so before the module runs);
 - `capture(modules, what, store)` keeps the latest value of each module in a dict, by name;
+- `rewrite_output(modules, fn)` replaces a module's output by what `fn` returns (None: keep);
 - `stop_after(module, what)` ends the forward pass once `module`'s input or output is known, and
   `run_until_stop(model, x)` runs a model that may be stopped that way.
 
@@ -52,6 +53,23 @@ def on_forward(
                 handles.append(module.register_forward_hook(_post_hook(name, fn)))
             else:
                 handles.append(module.register_forward_pre_hook(_pre_hook(name, fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def rewrite_output(
+    modules: Mapping[str, nn.Module], fn: Callable[[str, nn.Module, Any, Any], Any]
+) -> Iterator[None]:
+    """Inside this block, `fn(name, module, inputs, output)` runs after each module in `modules`
+    and its return value, unless None, replaces the module's output."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(
+                lambda m, inputs, output, name=name: fn(name, m, inputs, output)))
         yield
     finally:
         for handle in handles:

@@ -23,7 +23,7 @@ def test_every_default_method_is_registered_and_only_baselines_stack():
 
 
 def test_a_registered_method_is_selectable_and_stackable(monkeypatch):
-    monkeypatch.setattr("qnnrepair.bench.methods.METHODS", dict(METHODS))
+    monkeypatch.setattr("qnnrepair.bench.methods.METHODS", METHODS.copy())
     from qnnrepair.bench import methods
 
     @register_method("identity", "the RTN model itself", stackable=True)
@@ -49,7 +49,7 @@ def test_config_names_what_is_wrong(kwargs, needle):
 def test_any_registered_baseline_is_a_bench_method(monkeypatch):
     from qnnrepair.baselines import registry
 
-    monkeypatch.setattr(registry, "BASELINES", dict(registry.BASELINES))
+    monkeypatch.setattr(registry, "BASELINES", registry.BASELINES.copy())
     monkeypatch.setattr("qnnrepair.bench.methods.BASELINES", registry.BASELINES)
     registry.register_baseline("plugin_rounding")(lambda qmodel, images, *, seed=0: qmodel)
     method = get_method("plugin_rounding")

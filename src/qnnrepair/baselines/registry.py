@@ -16,32 +16,20 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from qnnrepair.errors import QnnRepairError
+from qnnrepair.registry import Registry
 
 Baseline = Callable[..., Any]
 
-BASELINES: dict[str, Baseline] = {}
+BASELINES = Registry("baseline")
 
 
 def register_baseline(name: str) -> Callable[[Baseline], Baseline]:
     """Decorator: make `fn` selectable as `get_baseline(name)`."""
-
-    def decorator(fn: Baseline) -> Baseline:
-        if name in BASELINES:
-            raise QnnRepairError(f"a baseline named {name!r} is already registered")
-        BASELINES[name] = fn
-        return fn
-
-    return decorator
+    return BASELINES.register(name)
 
 
 def get_baseline(name: str) -> Baseline:
-    try:
-        return BASELINES[name]
-    except (KeyError, TypeError):
-        raise QnnRepairError(
-            f"unknown baseline {name!r}; known baselines: {', '.join(sorted(BASELINES))}"
-        ) from None
+    return BASELINES.lookup(name)
 
 
 def baseline_parameters(name: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from qnnrepair.baselines import BASELINES, get_baseline
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.pipeline import Workload
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
+from qnnrepair.registry import Registry
 from qnnrepair.repair import Repairer, preset
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class BenchMethod:
     stackable: bool = False
 
 
-METHODS: dict[str, BenchMethod] = {}
+METHODS = Registry("bench method", "methods")
 
 
 def register_method(name: str, label: str, *,
@@ -52,9 +53,7 @@ def register_method(name: str, label: str, *,
     """Decorator: make `run` selectable as a bench method called `name`."""
 
     def decorator(run: MethodRun) -> MethodRun:
-        if name in METHODS:
-            raise QnnRepairError(f"a bench method named {name!r} is already registered")
-        METHODS[name] = BenchMethod(name, label, run, stackable)
+        METHODS.register(name, BenchMethod(name, label, run, stackable))(run)
         return run
 
     return decorator

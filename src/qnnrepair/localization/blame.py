@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.hooks import rewrite_output
 from qnnrepair.localization.metrics import rank_neurons
 from qnnrepair.localization.spectrum import (
     _check_layer_names,
@@ -48,23 +49,17 @@ from qnnrepair.localization.states import per_position
 from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
 from qnnrepair.quantization.modules import QUANT_LAYERS, QuantConv2d
+from qnnrepair.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-DIVERGENCES: dict[str, Divergence] = {}
+DIVERGENCES = Registry("divergence")
 
 
 def register_divergence(name: str) -> Callable[[Divergence], Divergence]:
     """Decorator: `divergence(float_logits, quant_logits) -> (B,) tensor`, one value per input."""
-
-    def decorator(function: Divergence) -> Divergence:
-        if name in DIVERGENCES:
-            raise QnnRepairError(f"a divergence named {name!r} is already registered")
-        DIVERGENCES[name] = function
-        return function
-
-    return decorator
+    return DIVERGENCES.register(name)
 
 
 @register_divergence("kl")
@@ -82,12 +77,7 @@ def logit_mse(float_logits: torch.Tensor, quant_logits: torch.Tensor) -> torch.T
 
 
 def get_divergence(name: str) -> Divergence:
-    try:
-        return DIVERGENCES[name]
-    except (KeyError, TypeError):
-        raise QnnRepairError(
-            f"unknown divergence {name!r}; known divergences: {', '.join(sorted(DIVERGENCES))}"
-        ) from None
+    return DIVERGENCES.lookup(name)
 
 
 class _BlameLocalizer:
@@ -240,25 +230,19 @@ class _StraightThrough:
         self.names = {id(module): layer for layer, module in named.items()}
         self.modules = [m for m in model.modules() if isinstance(m, QUANT_LAYERS)]
         self.modules += [m for m in named.values() if not isinstance(m, QUANT_LAYERS)]
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._stack = ExitStack()
         self._outputs: dict[str, torch.Tensor] | None = None
 
     def __enter__(self) -> _StraightThrough:
-        try:
-            for module in self.modules:
-                self._handles.append(module.register_forward_hook(self._hook))
-        except BaseException:
-            self.__exit__()
-            raise
+        modules = {str(i): module for i, module in enumerate(self.modules)}
+        self._stack.enter_context(rewrite_output(modules, self._hook))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._stack.close()
         self._outputs = None
 
-    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+    def _hook(self, _name: str, module: nn.Module, inputs: Any, output: Any) -> Any:
         if self._outputs is None:
             return None
         if not isinstance(output, torch.Tensor):
@@ -314,39 +298,29 @@ class _Replacement:
 
     def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.modules = dict(modules)
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._stack = ExitStack()
         self._active: tuple[str, int, torch.Tensor] | None = None
 
     def __enter__(self) -> _Replacement:
-        try:
-            for layer, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._hook(layer)))
-        except BaseException:
-            self.__exit__()
-            raise
+        self._stack.enter_context(rewrite_output(self.modules, self._hook))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._stack.close()
         self._active = None
 
-    def _hook(self, layer: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            if self._active is None or self._active[0] != layer:
-                return None
-            _, index, a_float = self._active
-            if output.shape != a_float.shape:
-                raise QnnRepairError(
-                    f"layer {layer!r}: quantized output {tuple(output.shape)} and float output "
-                    f"{tuple(a_float.shape)} differ; the two models must have the same "
-                    "architecture")
-            output = output.clone()
-            output[:, index] = a_float[:, index]
-            return output
-
-        return hook
+    def _hook(self, layer: str, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if self._active is None or self._active[0] != layer:
+            return None
+        _, index, a_float = self._active
+        if output.shape != a_float.shape:
+            raise QnnRepairError(
+                f"layer {layer!r}: quantized output {tuple(output.shape)} and float output "
+                f"{tuple(a_float.shape)} differ; the two models must have the same "
+                "architecture")
+        output = output.clone()
+        output[:, index] = a_float[:, index]
+        return output
 
     def __call__(self, layer: str, index: int, a_float: torch.Tensor) -> ExitStack:
         stack = ExitStack()

@@ -25,10 +25,11 @@ import numpy as np
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.neurons import Neuron
+from qnnrepair.registry import Registry
 
 Metric = Callable[..., np.ndarray]
 
-METRICS: dict[str, Metric] = {}
+METRICS = Registry("metric")
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,23 +147,11 @@ def safe_divide(numerator: Any, denominator: Any) -> np.ndarray:
 
 def register_metric(name: str) -> Callable[[Metric], Metric]:
     """Decorator: make `metric(counts, **params) -> scores` available under `name`."""
-
-    def decorator(metric: Metric) -> Metric:
-        if name in METRICS:
-            raise QnnRepairError(f"a metric named {name!r} is already registered")
-        METRICS[name] = metric
-        return metric
-
-    return decorator
+    return METRICS.register(name)
 
 
 def get_metric(name: str) -> Metric:
-    try:
-        return METRICS[name]
-    except (KeyError, TypeError):
-        raise QnnRepairError(
-            f"unknown metric {name!r}; known metrics: {', '.join(sorted(METRICS))}"
-        ) from None
+    return METRICS.lookup(name)
 
 
 def metric_parameters(name: str) -> dict[str, Any]:

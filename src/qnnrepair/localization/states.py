@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 import torch
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.registry import Registry
 
-STATE_RULES: dict[str, type[StateRule]] = {}
+STATE_RULES = Registry("state rule", "rules")
 
 # A neuron whose float pre-activation never varies (e.g. a pruned channel: std 0) would deviate on
 # every input at the first rounding difference. Its std is floored at this fraction of the mean
@@ -116,14 +117,10 @@ class StateRule:
 
 def register_state_rule(name: str):
     """Class decorator: make a StateRule subclass available under `name`."""
-
     def decorator(cls: type[StateRule]) -> type[StateRule]:
-        if name in STATE_RULES:
-            raise QnnRepairError(f"a state rule named {name!r} is already registered")
+        STATE_RULES.register(name)(cls)
         cls.name = name
-        STATE_RULES[name] = cls
         return cls
-
     return decorator
 
 
@@ -135,12 +132,7 @@ def get_state_rule(rule: str | StateRule, **params: Any) -> StateRule:
                 "give parameters either to the StateRule instance or here, not both"
             )
         return rule
-    try:
-        cls = STATE_RULES[rule]
-    except (KeyError, TypeError):
-        raise QnnRepairError(
-            f"unknown state rule {rule!r}; known rules: {', '.join(sorted(STATE_RULES))}"
-        ) from None
+    cls = STATE_RULES.lookup(rule)
     try:
         return cls(**params)
     except TypeError as error:

@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Protocol
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.registry import Registry
 from qnnrepair.repair.lp.formulation import LPProblem
 from qnnrepair.repair.lp.result import LPResult
 
@@ -53,23 +54,17 @@ class LocalPool:
 
 
 BackendFactory = Callable[..., LPBackend]
-BACKENDS: dict[str, BackendFactory] = {"local": LocalPool}
+BACKENDS = Registry("LP backend")
+BACKENDS.register("local")(LocalPool)
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    def decorator(factory: BackendFactory) -> BackendFactory:
-        if name in BACKENDS:
-            raise QnnRepairError(f"an LP backend named {name!r} is already registered")
-        BACKENDS[name] = factory
-        return factory
-    return decorator
+    return BACKENDS.register(name)
 
 
 def make_backend(name: str, **options) -> LPBackend:
     """The backend `name`, built with `options` (n_workers, and whatever it takes)."""
-    if name not in BACKENDS:
-        raise QnnRepairError(f"unknown LP backend {name!r}: use one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](**options)
+    return BACKENDS.lookup(name)(**options)
 
 
 def solve_many(problems: Sequence[LPProblem], n_workers: int = 1, *,

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.registry import Registry
 from qnnrepair.repair.lp.result import LPResult
 
 
@@ -107,15 +108,13 @@ class Formulation:
         return f"{type(self).__name__}()"
 
 
-FORMULATIONS: dict[str, type[Formulation]] = {}
+FORMULATIONS = Registry("formulation")
 
 
 def register_formulation(name: str) -> Callable[[type[Formulation]], type[Formulation]]:
     def decorator(cls: type[Formulation]) -> type[Formulation]:
-        if name in FORMULATIONS:
-            raise QnnRepairError(f"a formulation named {name!r} is already registered")
+        FORMULATIONS.register(name)(cls)
         cls.name = name
-        FORMULATIONS[name] = cls
         return cls
     return decorator
 
