@@ -1,0 +1,168 @@
+"""The model commands: demo, quantize, evaluate, localize, repair, export, train."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from qnnrepair.cli.options import quantized_of, repair_config, sidecar, workload_of
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.fileio import check_output_folder
+
+
+def cmd_demo(args) -> int:
+    from qnnrepair.pipeline import demo_workload, run_repair
+    from qnnrepair.quantization import QuantConfig
+    from qnnrepair.repair import preset
+
+    start = time.perf_counter()
+    print("qnnrepair demo: CIFAR-10 ResNet-20 (embedded), quantized to "
+          f"{args.setting.upper()} (first and last layer at 8 bits), repaired with the "
+          "default preset\n", file=sys.stderr)
+    workload = demo_workload(seed=args.seed)
+    result = run_repair(workload, QuantConfig.from_setting(args.setting),
+                        preset("default", seed=args.seed), show_progress=args.progress)
+    print(result.report.to_text())
+    print(f"\ntotal time {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from qnnrepair.evaluation import accuracy
+    from qnnrepair.quantization import save_quantized
+
+    if args.output is None:
+        raise QnnRepairError("--output is required: the quantized model file to write")
+    workload, _ = workload_of(args)
+    qmodel = quantized_of(args, workload, None)
+    save_quantized(qmodel, args.output)
+    val = accuracy(qmodel.model, workload.images("validation"), workload.labels("validation"))
+    print(f"wrote {args.output}: {qmodel}, validation accuracy {val:.2f}%")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from qnnrepair.data.splits import SPLIT_NAMES
+    from qnnrepair.evaluation import accuracy
+
+    workload, quantized = workload_of(args)
+    qmodel = quantized_of(args, workload, quantized)
+    print(f"{workload.model_spec} {qmodel.config.setting}")
+    for split in SPLIT_NAMES:
+        images, labels = workload.images(split), workload.labels(split)
+        f = accuracy(qmodel.float_model, images, labels, show_progress=args.progress)
+        q = accuracy(qmodel.model, images, labels, show_progress=args.progress)
+        print(f"  {split:<10} ({len(labels):>5} images)  float {f:6.2f}%  quantized {q:6.2f}%")
+    return 0
+
+
+def cmd_localize(args) -> int:
+    from qnnrepair.fileio import write_text
+    from qnnrepair.repair.engine import fit_localizer
+
+    workload, quantized = workload_of(args)
+    qmodel = quantized_of(args, workload, quantized)
+    config = repair_config(args)
+    metric = config.localization.metric
+    localizer = fit_localizer(qmodel, workload.images("repair"), workload.labels("repair"),
+                              config, show_progress=args.progress)
+    spectrum = getattr(localizer, "spectrum_", None)  # SBFL metrics only
+    if spectrum is not None:
+        print(f"{spectrum.n_failed} failing, {spectrum.n_passed} passing, "
+              f"{spectrum.n_skipped} skipped repair inputs; metric {metric}")
+    else:
+        print(f"{len(workload.labels('repair'))} repair inputs; metric {metric}")
+    ranking = [{"neuron": str(n), "layer": n.layer, "index": n.index,
+                "score": float(localizer.scores_[n.layer][n.index])}
+               for n in localizer.ranking_]
+    for row in ranking[:args.top]:
+        print(f"  {row['neuron']:<24} {row['score']:.4f}")
+    if args.output is not None:
+        write_text(args.output, json.dumps({"metric": metric, "ranking": ranking},
+                                           indent=1))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_repair(args) -> int:
+    from qnnrepair.fileio import write_text
+    from qnnrepair.pipeline import run_repair
+    from qnnrepair.quantization import save_quantized
+
+    if args.output is None:
+        raise QnnRepairError("--output is required: the repaired model file to write")
+    check_output_folder(args.output)
+    if args.report_html is not None:
+        check_output_folder(args.report_html)
+    workload, quantized = workload_of(args)
+    qmodel = quantized_of(args, workload, quantized)
+    result = run_repair(workload, None, repair_config(args), quantized=qmodel,
+                        show_progress=args.progress)
+    text = result.report.to_text()
+    page = None
+    if args.report_html is not None:
+        from qnnrepair.html_report import render_html
+
+        page = render_html(result.report)  # before any file is written
+    save_quantized(result.repaired, args.output)
+    write_text(sidecar(args.output, ".report.json"), result.report.to_json())
+    write_text(sidecar(args.output, ".summary.txt"), text + "\n")
+    if page is not None:
+        write_text(args.report_html, page)
+    print(text)
+    print(f"\nwrote {args.output}, {sidecar(args.output, '.report.json').name}, "
+          f"{sidecar(args.output, '.summary.txt').name}"
+          + (f", {args.report_html}" if page is not None else ""))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from qnnrepair.export import check_onnx, export_onnx
+    from qnnrepair.quantization import load_quantized
+
+    if args.quantized is None or args.output is None:
+        raise QnnRepairError("--quantized FILE and --output FILE.onnx are required")
+    qmodel = load_quantized(args.quantized)
+    if args.data is None:
+        import torch
+
+        from qnnrepair.models import model_info
+
+        shape = model_info(qmodel.model_spec).input_shape if ":" not in qmodel.model_spec \
+            else None
+        if shape is None:
+            raise QnnRepairError("--data is required to export a user model (for its input shape)")
+        export_onnx(qmodel, args.output, torch.zeros(1, *shape))
+        print(f"wrote {args.output} (not checked: give --data to compare with ONNX Runtime)")
+        return 0
+    workload, _ = workload_of(args)
+    export_onnx(qmodel, args.output, workload.images("test")[:1])
+    check = check_onnx(args.output, qmodel, workload.images("test"), workload.labels("test"))
+    print(f"wrote {args.output}; ONNX Runtime vs simulation on {check['n_images']} test images: "
+          f"{100 * check['agreement']:.2f}% same predictions, accuracy "
+          f"{check['onnx_accuracy']:.2f}% vs {check['sim_accuracy']:.2f}%")
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.model is None or args.train is None or args.test is None or args.out is None:
+        raise QnnRepairError("train needs --model NAME, --train DATA, --test DATA and --out FILE")
+    check_output_folder(args.out)
+    if args.device.startswith("cuda"):  # before torch starts CUDA: cuBLAS reads it then
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    from qnnrepair.training import TrainConfig, log_path, save_trained, train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, device=args.device)
+    result = train(args.model, args.train, args.test, config, num_classes=args.num_classes,
+                   show_progress=args.progress)
+    save_trained(result, args.out)
+    print(f"{args.model}: {config.epochs} epochs on {result.n_train} images, final test "
+          f"accuracy {result.test_accuracy:.2f}% ({result.n_test} images), total time "
+          f"{result.wall_s:.1f}s")
+    print(f"wrote {args.out}, {log_path(args.out).name}")
+    return 0
+
+
