@@ -29,6 +29,13 @@ CONFIGS = {
     "gradient-blocks5-kl": {"metric": "gradient", "schedule": "blocks", "block_fraction": 0.05},
     "gradient-blocks10-kl": {"metric": "gradient", "schedule": "blocks", "block_fraction": 0.10},
     "random-blocks5-kl": {"metric": "random", "schedule": "blocks", "block_fraction": 0.05},
+    "gradient-geometric-kl-all": {"metric": "gradient", "patience": None},
+    "gradient-blocks5-kl-all": {"metric": "gradient", "schedule": "blocks",
+                                "block_fraction": 0.05, "patience": None},
+    "gradient-blocks5-kl-patience3": {"metric": "gradient", "schedule": "blocks",
+                                      "block_fraction": 0.05, "patience": 3},
+    "ochiai-blocks5-kl-all": {"metric": "ochiai", "schedule": "blocks", "block_fraction": 0.05,
+                              "patience": None},
 }
 OUT = RESULTS / "defaults"
 

@@ -113,8 +113,9 @@ class AcceptanceConfig:
 
     `criterion` judges a candidate on V (repair/acceptance.py): "kl" keeps it when the mean
     KL divergence to the float model's soft predictions drops by at least `min_gain`
-    (relative) and accuracy does not drop, and stops at the first candidate that makes the
-    divergence worse; "accuracy" keeps it when accuracy does not drop (the paper preset).
+    (relative) and accuracy does not drop, and stops after `patience` candidates in a row that
+    make the divergence worse (None: tries every candidate); "accuracy" keeps it when accuracy
+    does not drop (the paper preset).
     Either way the loop stops once validation accuracy reaches the float model's."""
 
     schedule: str = "geometric"
@@ -124,12 +125,15 @@ class AcceptanceConfig:
     criterion: str = "kl"
     min_gain: float = 0.01
     block_fraction: float = 0.05
+    patience: int | None = 1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.block_fraction <= 1.0:
             raise QnnRepairError(f"block_fraction must be in (0, 1], got {self.block_fraction}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("criterion", self.criterion, CRITERIA)
+        if self.patience is not None and self.patience < 1:
+            raise QnnRepairError(f"patience must be at least 1 or None, got {self.patience}")
         if not 0.0 <= self.min_gain < 1.0:
             raise QnnRepairError(f"min_gain must be in [0, 1), got {self.min_gain}")
         if self.max_neurons is not None and self.max_neurons < 1:

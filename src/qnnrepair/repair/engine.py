@@ -91,6 +91,7 @@ class Repairer:
         loop_start = time.perf_counter()
         ranking = self.ranking_[: rule.max_neurons or None]
         on_best = rule.schedule == "blocks"  # else every candidate starts from qmodel
+        worse = 0  # candidates in a row that made the criterion worse
         for first, stop in progress(rule.candidates(len(ranking)), show_progress,
                                     desc="repair"):
             if best.accuracy >= float_val:  # V has reached the float model's accuracy
@@ -108,12 +109,13 @@ class Repairer:
             self.steps_.append(step)
             logger.info("top %d neurons: validation %s (best %s) %s", stop, score, best,
                         "kept" if step.accepted else "rejected")
+            worse = 0 if step.accepted or not guard.worse(score, best) else worse + 1
             if step.accepted:
                 best, best_model = score, candidate
                 self.changes_ = self.changes_ + changes if on_best else changes
                 if on_best:  # cached LPs were built on the old base
                     cache.results.clear()
-            elif guard.worse(score, best):
+            elif rule.patience is not None and worse >= rule.patience:
                 break
         self.timings_["repair_loop"] = time.perf_counter() - loop_start
         self.timings_["total"] = time.perf_counter() - start
