@@ -18,6 +18,7 @@ integer deltas d is e = mean(r) - s * d . mean(x).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -43,9 +44,10 @@ class RowSummary:
         top = top[eig[top] > 1e-12 * max(eig.max(), 1e-30)]
         return cls(mean, vec[:, top], np.sqrt(eig[top]), centred)
 
-    @property
+    @cached_property
     def rows(self) -> np.ndarray:
-        """A = diag(sqrt(lam)) V', the LP's rows (K x J)."""
+        """A = diag(sqrt(lam)) V', the LP's rows (K x J); one array shared by the LPs of every
+        neuron of the group, so a backend can send it once."""
         return self.sqrt_eig[:, None] * self.directions.T
 
     def rhs(self, residual: np.ndarray) -> np.ndarray:
