@@ -1,6 +1,6 @@
-"""E7: does a localizer agree with the exact counterfactual blame?
+"""Blame reference: does a localizer agree with the exact counterfactual blame?
 
-    python benchmarks/experiments/e7_blame.py [--model resnet20] [--n-repair 250]
+    python benchmarks/experiments/blame_reference.py [--model resnet20] [--n-repair 250]
         [--layers conv1 layer1.1.conv1 ...]
 
 One workload (R = the first --n-repair images, which also calibrate the quantizer), quantized at
@@ -8,7 +8,7 @@ SETTINGS[model]. CounterfactualBlame (one forward per neuron) on --layers only, 
 688 forward passes of R for all of ResNet-20's hidden channels; on those neurons, the Spearman
 rank correlation and the top-5 % overlap of GradientBlame (signed and absolute), Ochiai with the
 default state rule (relative_error) and with graded_error, and Random, against it. Then how
-concentrated the gradient blame is over all hidden neurons. Writes e7_blame.json / .md.
+concentrated the gradient blame is over all hidden neurons. Writes blame_reference.json / .md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from _shared import OUT, SETTINGS, Clock, arguments, header, meta, quantized, wo
 from qnnrepair.localization import make_localizer
 from qnnrepair.quantization import batches
 
-NAME = "e7_blame"
+NAME = "blame_reference"
 DEFAULT_LAYERS = ["conv1", "layer1.1.conv1", "layer2.0.conv2", "layer3.0.conv1",
                   "layer3.2.conv2"]
 
@@ -130,7 +130,7 @@ def main() -> None:
 
 
 def render(r: dict, m: dict) -> None:
-    out = header("E7: localizers against the counterfactual blame", m,
+    out = header("Blame reference: localizers against the counterfactual blame", m,
                  f"{m['model']} at {SETTINGS[m['model']].upper()}, R = {m['n_repair']} training "
                  "images (also the calibration set). Counterfactual (exact drop of "
                  "KL(F || Q) summed over R when one channel's quantized output is replaced by the "
