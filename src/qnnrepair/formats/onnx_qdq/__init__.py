@@ -5,12 +5,8 @@ with only the integer weight and bias initializers changed.
 Needs the optional extra: pip install "qnnrepair[export]".
 """
 
-from qnnrepair.formats.onnx_qdq.graph import (
-    SUPPORTED_OPS,
-    OnnxGraph,
-    OnnxQDQModel,
-    load_onnx_qdq,
-)
+from qnnrepair.formats.onnx_qdq.build import SUPPORTED_OPS
+from qnnrepair.formats.onnx_qdq.graph import OnnxGraph, OnnxQDQModel, load_onnx_qdq
 from qnnrepair.formats.onnx_qdq.layers import QDQ_LAYERS, QDQConv2d, QDQLinear
 from qnnrepair.formats.onnx_qdq.reader import OnnxFile, read_onnx
 from qnnrepair.formats.onnx_qdq.writer import write_qdq

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.formats.onnx_qdq.build import node_key
 from qnnrepair.formats.onnx_qdq.reader import QDQ_OPS, OnnxFile
 
 # Nodes of the float graph the quantizer may remove.
@@ -33,8 +34,6 @@ MIN_MATCHING = 0.9
 def check_match(flt: OnnxFile, qdq: OnnxFile, float_graph: nn.Module, qdq_graph: nn.Module,
                 layers: list[str]) -> None:
     """One-line QnnRepairError unless `qdq` is `flt` quantized (graph and weights)."""
-    from qnnrepair.formats.onnx_qdq.graph import node_key
-
     what = f"float model {Path(flt.path).name} does not match QDQ model {Path(qdq.path).name}"
     if len(flt.inputs) != len(qdq.inputs):
         raise QnnRepairError(f"{what}: {len(flt.inputs)} inputs against {len(qdq.inputs)}")

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from qnnrepair.errors import QnnRepairError
-from qnnrepair.fileio import atomic_path
 from qnnrepair.formats.onnx_qdq.graph import OnnxGraph, OnnxQDQModel
 from qnnrepair.formats.onnx_qdq.layers import QDQ_LAYERS
 from qnnrepair.formats.onnx_qdq.reader import load_proto
+from qnnrepair.formats.writing import check_output, fit_stored, write_bytes
 
 
 def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
@@ -25,11 +25,8 @@ def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
     Returns the names of the initializers whose values changed."""
     from onnx import numpy_helper
 
-    original_path, out_path = Path(original_qdq_path), Path(out_path)
+    original_path, out_path = check_output(original_qdq_path, out_path)
     graph = model.model if isinstance(model, OnnxQDQModel) else model
-    if out_path.exists() and out_path.resolve() == original_path.resolve():
-        raise QnnRepairError(f"refusing to overwrite the original {original_path}: "
-                             "give another output path")
     layers = [n for n in graph.layer_names() if isinstance(graph.get_submodule(n), QDQ_LAYERS)]
     if not layers:
         raise QnnRepairError("the model has no quantized layers (a float reference?): write the "
@@ -52,7 +49,7 @@ def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
                 raise QnnRepairError(f"{name}: initializer {init_name!r} is not in "
                                      f"{original_path.name}: was the model read from this file?")
             old = numpy_helper.to_array(tensor)
-            new = _fit(old, values, name, init_name)
+            new = fit_stored(values, old.shape, old.dtype, name, f"initializer {init_name!r}")
             if init_name in written:
                 if not np.array_equal(written[init_name], new):
                     raise QnnRepairError(f"initializer {init_name!r} is shared with another layer "
@@ -64,31 +61,16 @@ def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
                 replacement.doc_string = tensor.doc_string
                 tensor.CopyFrom(replacement)
                 changed.append(init_name)
-    with atomic_path(out_path) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
+    write_bytes(out_path, proto.SerializeToString())
     return changed
 
 
 def _stored_weight(layer) -> np.ndarray:
     """Centred torch-layout integers -> the file's layout and stored integers (+ z_w)."""
-    shape = (-1,) + (1,) * (layer.weight_int.dim() - 1)
-    stored = layer.weight_int.long() + layer.weight_zero_point.long().reshape(shape)
+    stored = layer.stored_weight()
     if layer.weight_transposed:
         stored = stored.t()
     return stored.contiguous().numpy()
-
-
-def _fit(old: np.ndarray, values: np.ndarray, name: str, init_name: str) -> np.ndarray:
-    if tuple(values.shape) != tuple(old.shape):
-        raise QnnRepairError(f"{name}: shape {tuple(values.shape)} does not match initializer "
-                             f"{init_name!r} {tuple(old.shape)}: was the model read from this "
-                             "file?")
-    info = np.iinfo(old.dtype)
-    lo, hi = int(values.min()), int(values.max())
-    if lo < info.min or hi > info.max:
-        raise QnnRepairError(f"{name}: integers in [{lo}, {hi}] do not fit initializer "
-                             f"{init_name!r} of type {old.dtype.name}: clamp them to the grid")
-    return values.astype(old.dtype)
 
 
 __all__ = ["write_qdq"]

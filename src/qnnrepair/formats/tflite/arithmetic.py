@@ -115,8 +115,3 @@ def softmax_quantized(q: torch.Tensor, input_scale: float, beta: float, zo: int,
     inv = 1.0 / (e.sum(dim=dim, keepdim=True) * f32(so))
     return torch.clamp(torch.floor(e * inv + 0.5) + zo, lo, hi)
 
-
-def exact_in_float32(bound: float) -> bool:
-    """True when every partial sum of an accumulation bounded by `bound` is an integer that
-    float32 holds exactly (below 2^24), so a float32 convolution is an integer one."""
-    return bound < 2**24

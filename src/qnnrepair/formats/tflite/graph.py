@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.formats import dataflow
+from qnnrepair.formats.model import DeployedModel
 from qnnrepair.formats.tflite import ops
 from qnnrepair.formats.tflite.arithmetic import QRANGE
 from qnnrepair.formats.tflite.layers import TFLiteConv2d, TFLiteLinear
@@ -43,11 +45,7 @@ class TFLiteGraph(nn.Module):
     def __init__(self, source: TFLiteFile) -> None:
         super().__init__()
         self.path = source.path
-        if len(source.inputs) != 1 or len(source.outputs) != 1:
-            raise QnnRepairError(f"{source.path} has {len(source.inputs)} inputs and "
-                                 f"{len(source.outputs)} outputs: only single-input, "
-                                 "single-output models are supported")
-        self.input_index, self.output_index = source.inputs[0], source.outputs[0]
+        self.input_index, self.output_index = dataflow.single_input_output(source)
         inp = source.tensors[self.input_index]
         self.input_q = _qparams(inp) if inp.is_quantized and not inp.is_float else None
         self.input_shape = inp.shape
@@ -59,10 +57,7 @@ class TFLiteGraph(nn.Module):
             self.ops.append(module)
             self.wiring.append((inputs, op.outputs[0]))
             self.names.append(source.tensors[op.outputs[0]].name)
-        self._last_use = {}
-        for i, (inputs, _out) in enumerate(self.wiring):
-            for t in inputs:
-                self._last_use[t] = i
+        self._last_use = dataflow.last_uses(inputs for inputs, _out in self.wiring)
 
     @property
     def float_mode(self) -> bool:
@@ -80,13 +75,9 @@ class TFLiteGraph(nn.Module):
         return (x - self.input_q.zero_point) * self.input_q.scale
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        values = {self.input_index: self.preprocess(pixels)}
-        for i, (module, (inputs, out)) in enumerate(zip(self.ops, self.wiring)):
-            values[out] = module(*[values[t] for t in inputs])
-            for t in inputs:
-                if self._last_use.get(t) == i and t != self.output_index:
-                    del values[t]
-        return values[self.output_index]
+        steps = ((module, inputs, out) for module, (inputs, out) in zip(self.ops, self.wiring))
+        return dataflow.run(steps, {self.input_index: self.preprocess(pixels)},
+                            self.output_index, self._last_use)
 
     def to_float(self) -> TFLiteGraph:
         """The float reference: dequantized weights and biases in nn.Conv2d / nn.Linear,
@@ -210,34 +201,14 @@ def _weighted(source: TFLiteFile, op) -> ops.ConvOp:
     return module
 
 
-@dataclass
-class TFLiteModel:
-    """A deployed integer model beside its float reference, in the shape of
-    qnnrepair.quantization.QuantizedModel (model, float_model, layers, layer(), float_layer(),
-    copy(), integer_state()); `path` is the file it came from, which the writer copies."""
+@dataclass(repr=False)
+class TFLiteModel(DeployedModel):
+    """A deployed .tflite simulation beside its float reference (see DeployedModel); `path`
+    is the .tflite file."""
 
     model: TFLiteGraph
     float_model: TFLiteGraph
-    layers: list[str]
-    path: str
     num_classes: int | None = None
-
-    def layer(self, name: str) -> nn.Module:
-        return self.model.get_submodule(name)
-
-    def float_layer(self, name: str) -> nn.Module:
-        return self.float_model.get_submodule(name)
-
-    def copy(self) -> TFLiteModel:
-        return TFLiteModel(copy.deepcopy(self.model), self.float_model, list(self.layers),
-                           self.path, self.num_classes)
-
-    def integer_state(self) -> dict[str, torch.Tensor]:
-        return {f"{n}.{k}": getattr(self.layer(n), k).clone()
-                for n in self.layers for k in ("weight_int", "bias_int")}
-
-    def __repr__(self) -> str:
-        return f"TFLiteModel({Path(self.path).name!r}, {len(self.layers)} quantized layers)"
 
 
 def load_tflite(path: str | Path) -> TFLiteModel:

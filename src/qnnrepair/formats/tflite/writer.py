@@ -8,8 +8,6 @@ the original file is only read.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +16,16 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats.tflite.graph import _TO_TORCH, TFLiteGraph, TFLiteModel
 from qnnrepair.formats.tflite.layers import TFLITE_LAYERS
 from qnnrepair.formats.tflite.reader import Tensor, read_tflite
+from qnnrepair.formats.writing import check_output, fit_stored, write_bytes
 
 
 def write_tflite(original_path: str | Path, graph: TFLiteGraph | TFLiteModel,
                  out_path: str | Path) -> list[str]:
     """Copy `original_path` to `out_path` with the integers of `graph`'s quantized layers.
     Returns the names of the tensors whose bytes changed."""
-    original_path, out_path = Path(original_path), Path(out_path)
+    original_path, out_path = check_output(original_path, out_path)
     if isinstance(graph, TFLiteModel):
         graph = graph.model
-    if out_path.exists() and out_path.resolve() == original_path.resolve():
-        raise QnnRepairError(f"refusing to overwrite the original {original_path}: "
-                             "give another output path")
     source = read_tflite(original_path)
     data = bytearray(original_path.read_bytes())
     written: dict[int, bytes] = {}
@@ -55,47 +51,21 @@ def write_tflite(original_path: str | Path, graph: TFLiteGraph | TFLiteModel,
             if data[start:start + len(raw)] != raw:
                 data[start:start + len(raw)] = raw
                 changed.append(tensor.name)
-    _atomic_write(out_path, bytes(data))
+    write_bytes(out_path, bytes(data))
     return changed
 
 
 def _stored_weight(layer) -> np.ndarray:
     """Centred torch-layout integers -> the file's layout and stored integers (+ z_w)."""
-    shape = (-1,) + (1,) * (layer.weight_int.dim() - 1)
-    stored = layer.weight_int.long() + layer.weight_zero_point.long().reshape(shape)
     inverse = tuple(int(i) for i in np.argsort(_TO_TORCH[layer.file_op]))
-    return stored.permute(*inverse).contiguous().numpy()
+    return layer.stored_weight().permute(*inverse).contiguous().numpy()
 
 
 def _to_bytes(tensor: Tensor, values: np.ndarray, name: str) -> bytes:
     if tensor.data is None or tensor.data_start is None:
         raise QnnRepairError(f"tensor {tensor.name!r} of {name} has no constant buffer")
-    if tuple(values.shape) != tuple(tensor.data.shape):
-        raise QnnRepairError(f"{name}: shape {tuple(values.shape)} does not match tensor "
-                             f"{tensor.name!r} {tuple(tensor.data.shape)} in the file: was the "
-                             "graph read from this file?")
-    info = np.iinfo(tensor.dtype)
-    lo, hi = int(values.min()), int(values.max())
-    if lo < info.min or hi > info.max:
-        raise QnnRepairError(f"{name}: integers in [{lo}, {hi}] do not fit tensor "
-                             f"{tensor.name!r} of type {tensor.dtype.name}: clamp them to the grid")
-    return np.ascontiguousarray(values.astype(tensor.dtype)).astype(
-        tensor.dtype.newbyteorder("<")).tobytes()
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    stored = fit_stored(values, tensor.data.shape, tensor.dtype, name, f"tensor {tensor.name!r}")
+    return np.ascontiguousarray(stored).astype(tensor.dtype.newbyteorder("<")).tobytes()
 
 
 __all__ = ["write_tflite"]

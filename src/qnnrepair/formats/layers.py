@@ -1,0 +1,145 @@
+"""The quantized layers of a deployed file (TFLite, ONNX QDQ): what a repair changes.
+
+`DeployedLayer` states the contract once. It keeps the interface of
+qnnrepair.quantization.QuantConv2d / QuantLinear where it fits (`weight_int`, `weight_scale`,
+`bias_int`, `input_scale`, `input_zero_point`, `quantize_input`, `dequantized_weight`,
+`dequantized_bias`, `bias_scale`, `qmax`, `out_features`, `stride`/`padding`/`dilation`/
+`groups`, PyTorch weight layout), and differs where a deployed file is not symmetric-unsigned
+like our own quantizer:
+
+- `weight_int` holds the *centred* integers q - z_w (int16): real weight = s_w * weight_int,
+  on the grid [qmin, qmax] = [stored minimum - z_w, stored maximum - z_w], not
+  [-qmax, qmax]: read `qmin` as well as `qmax`. `weight_zero_point` keeps z_w per channel.
+- The activation grid is the file's (int8 or uint8, asymmetric): `act_qmin`, `act_qmax`.
+
+The forward pass takes the input in real units, recovers its integers, accumulates exactly
+(float32 when that is exact, else float64) and returns the pre-activation in real units,
+s_x * s_w * (sum (q_x - z_x) w + bias_int). What follows the layer (requantization, fused
+activation) belongs to the format's graph. A format subclasses `DeployedConv2d` /
+`DeployedLinear` and overrides what its runtime does differently.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qnnrepair.formats.arithmetic import exact_in_float32
+
+
+class DeployedLayer(nn.Module):
+    """Integer weights, bias and input grid of one deployed layer; subclasses give `_op`
+    (the float op on integer-valued tensors) and `_channel_shape`."""
+
+    def __init__(self, weight_int: torch.Tensor, weight_scale: torch.Tensor,
+                 weight_zero_point: torch.Tensor, bias_int: torch.Tensor, input_scale: float,
+                 input_zero_point: int, act_range: tuple[int, int], weight_range: tuple[int, int],
+                 per_channel: bool) -> None:
+        super().__init__()
+        self.register_buffer("weight_int", weight_int.to(torch.int16))
+        self.register_buffer("weight_scale", weight_scale.to(torch.float32))
+        self.register_buffer("weight_zero_point", weight_zero_point.to(torch.int32))
+        self.register_buffer("bias_int", bias_int.to(torch.int32))
+        self.register_buffer("input_scale", torch.tensor(float(input_scale)))
+        self.register_buffer("input_zero_point", torch.tensor(int(input_zero_point),
+                                                              dtype=torch.int32))
+        self.act_qmin, self.act_qmax = act_range
+        self.stored_qmin, self.stored_qmax = weight_range  # the file's integer type
+        self.per_channel = per_channel
+        self.weight_bits = self.act_bits = 8
+
+    @property
+    def qmin(self) -> int:
+        """Smallest allowed centred weight: the stored type's minimum minus z_w."""
+        return self.stored_qmin - int(self.weight_zero_point.max())
+
+    @property
+    def qmax(self) -> int:
+        """Largest allowed centred weight: the stored type's maximum minus z_w."""
+        return self.stored_qmax - int(self.weight_zero_point.min())
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_int.shape[0]
+
+    def input_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Centred integer input q_x - z_x (float tensor of integers) from real units."""
+        z = int(self.input_zero_point)
+        return torch.round(x / self.input_scale).clamp_(self.act_qmin - z, self.act_qmax - z)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as the integer kernel sees it, in real units."""
+        return self.input_int(x) * self.input_scale
+
+    def dequantized_weight(self) -> torch.Tensor:
+        shape = (-1,) + (1,) * (self.weight_int.dim() - 1)
+        return self.weight_int.float() * self.weight_scale.reshape(shape)
+
+    def stored_weight(self) -> torch.Tensor:
+        """The file's integers q_w = weight_int + z_w (int64), in PyTorch layout."""
+        shape = (-1,) + (1,) * (self.weight_int.dim() - 1)
+        return self.weight_int.long() + self.weight_zero_point.long().reshape(shape)
+
+    def bias_scale(self) -> torch.Tensor:
+        """Scale of the int32 bias grid per output channel: s_w * s_x (what the kernel adds
+        the bias at; the file's own bias scale agrees with it to float precision)."""
+        return self.weight_scale * self.input_scale
+
+    def dequantized_bias(self) -> torch.Tensor:
+        return (self.bias_int.double() * self.bias_scale().double()).float()
+
+    def accumulator_dtype(self) -> torch.dtype:
+        """float32 when every partial sum is an integer below 2^24 (then a float32 conv is
+        exact integer arithmetic), else float64; checked on the current weights."""
+        x_max = max(self.act_qmax - int(self.input_zero_point),
+                    int(self.input_zero_point) - self.act_qmin)
+        row_l1 = self.weight_int.reshape(self.out_features, -1).abs().sum(dim=1).max()
+        return torch.float32 if exact_in_float32(float(row_l1) * x_max) else torch.float64
+
+    def accumulator(self, x: torch.Tensor) -> torch.Tensor:
+        """The int32 accumulator sum (q_x - z_x)(q_w - z_w) + bias_int, as float64."""
+        dtype = self.accumulator_dtype()
+        acc = self._op(self.input_int(x).to(dtype), self.weight_int.to(dtype)).double()
+        return acc.add_(self.bias_int.double().reshape(self._channel_shape()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation in real units (float64, so the accumulator stays recoverable)."""
+        return self.accumulator(x).mul_(self.bias_scale().double().reshape(self._channel_shape()))
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _channel_shape(self) -> tuple[int, ...]:
+        """How a per-output-channel vector broadcasts against the output."""
+        return (-1,)
+
+    def extra_repr(self) -> str:
+        return f"weight={tuple(self.weight_int.shape)}, per_channel={self.per_channel}"
+
+
+class DeployedConv2d(DeployedLayer):
+    """A 2-D convolution; weight (out, in/groups, kh, kw) as in PyTorch."""
+
+    def __init__(self, *args, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stride, self.padding = tuple(stride), tuple(padding)
+        self.dilation, self.groups = tuple(dilation), groups
+
+    def _channel_shape(self) -> tuple[int, ...]:
+        return (-1, 1, 1)
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"weight={tuple(self.weight_int.shape)}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, per_channel={self.per_channel}")
+
+
+class DeployedLinear(DeployedLayer):
+    """A fully connected layer; weight (out, in) as in PyTorch."""
+
+    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w)

@@ -1,0 +1,45 @@
+"""A deployed integer model beside its float reference, whatever file it came from."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(repr=False)
+class DeployedModel:
+    """The simulation of a deployed file beside its float reference, in the shape of
+    qnnrepair.quantization.QuantizedModel (model, float_model, layers, layer(), float_layer(),
+    copy(), integer_state()). `model` and `float_model` share the fully qualified names of the
+    quantized layers in `layers` (forward order); `path` is the deployed file, which the
+    format's writer copies. Each format adds its own fields after these."""
+
+    model: nn.Module
+    float_model: nn.Module
+    layers: list[str]
+    path: str
+
+    def layer(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    def float_layer(self, name: str) -> nn.Module:
+        return self.float_model.get_submodule(name)
+
+    def copy(self) -> DeployedModel:
+        """A copy whose integers can be changed without touching this one (float model shared)."""
+        return dataclasses.replace(self, model=copy.deepcopy(self.model),
+                                   layers=list(self.layers))
+
+    def integer_state(self) -> dict[str, torch.Tensor]:
+        """The integers of every quantized layer: what a repair changes."""
+        return {f"{n}.{k}": getattr(self.layer(n), k).clone()
+                for n in self.layers for k in ("weight_int", "bias_int")}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({Path(self.path).name!r}, {len(self.layers)} quantized "
+                "layers)")
