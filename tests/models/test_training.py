@@ -170,9 +170,13 @@ def test_cli_trains_and_evaluate_reads_the_weights(files, capsys):
         direct = 100 * (model(images).argmax(1) == labels).double().mean().item()
     assert round(direct, 2) == trained, f"load_model gives {direct:.2f}, train said {trained}"
 
+    # validation from a file of its own, so that the test split is the whole test file
+    test = np.load(files / "test.npz")
+    np.savez(files / "val.npz", x=test["x"][:, :, ::-1], y=test["y"])
     code, out, err = run(capsys, "evaluate", "--model", "conv3", "--weights", str(weights),
                          "--data", str(files / "train.npz"), "--test-data",
-                         str(files / "test.npz"), "--n-repair", "40", "--n-validation", "40")
+                         str(files / "test.npz"), "--validation-data", str(files / "val.npz"),
+                         "--n-repair", "40", "--n-validation", "40")
     assert code == 0, err
     evaluated = float(re.search(r"test\s+\(\s*128 images\)\s+float\s+([\d.]+)%", out).group(1))
     assert evaluated == trained, f"evaluate says {evaluated}, train said {trained}"
