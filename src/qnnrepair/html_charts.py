@@ -205,14 +205,14 @@ def svg_histogram(ms: np.ndarray) -> str:
 def svg_blame(blame: dict[str, list[float]], changed: dict[str, set[int]]) -> str:
     """Per layer, a bar of its share of the positive blame with its changed-neuron count, and a
     strip of one cell per neuron shaded by blame (outlined where changed)."""
-    label_w, bar_w, gap, row_h = 150, 160, 24, 14
+    label_w, bar_w, gap, row_h = 150, 160, 110, 14  # gap: room for "52% (5/8)" after a bar
     widest = max((len(s) for s in blame.values()), default=1)
     cell = max(0.5, min(8.0, (CHART_WIDTH - label_w - bar_w - gap - 10) / widest))
     positive = {name: float(np.clip(scores, 0, None).sum()) for name, scores in blame.items()}
     total = sum(positive.values()) or 1.0
     peak = max((max(s, default=0.0) for s in blame.values()), default=0.0) or 1.0
     strip_x = label_w + bar_w + gap
-    out = [text(label_w, 11, "share of blame (changed / neurons)"),
+    out = [text(label_w, 11, "blame share (changed/all)"),
            text(strip_x, 11, "neurons, darker = more blame")]
     for i, (name, scores) in enumerate(blame.items()):
         y = 18 + i * row_h
