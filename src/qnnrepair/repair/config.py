@@ -92,9 +92,10 @@ class LPConfig:
 
     def options(self, qmax: int) -> dict[str, Any]:
         """The settings every LP problem of a layer with grid [-qmax, qmax] takes."""
-        # A wall-clock limit makes an LP's answer depend on the machine's load (measured: the
-        # same W4A4 repair gave other integers under a load of 6 than under 1), so LP
-        # relaxations run to the end and only MILPs, which can run for hours, are cut.
+        # A wall-clock limit makes an LP's answer depend on the machine's load (seen: a W4A4
+        # repair run under a load of about 6 gave other integers than the same code without
+        # the limit), so LP relaxations run to the end; only MILPs, which can run for hours,
+        # are cut.
         options = {"qmin": -qmax, "qmax": qmax, "norm": self.norm, "integer": self.integer,
                    "time_limit": self.time_limit if self.integer else None}
         if self.lam is not None:
