@@ -115,6 +115,13 @@ class _BlameLocalizer:
         return self
 
 
+def _enter_models(stack: ExitStack, float_model, quant_model, float_modules):
+    """Both models in eval mode (flags restored on exit) and the float model's recorder."""
+    stack.enter_context(_eval_mode(float_model))
+    stack.enter_context(_eval_mode(quant_model))
+    return stack.enter_context(_LayerRecorder(float_model, float_modules, "float model"))
+
+
 def _divergence(name: str, float_logits: Any, quant_logits: Any, batch_size: int) -> torch.Tensor:
     _predictions(float_logits, batch_size, "float model")  # shape checks, one-line errors
     _predictions(quant_logits, batch_size, "quantized model")
@@ -142,10 +149,7 @@ class GradientBlame(_BlameLocalizer):
         scores: dict[str, torch.Tensor] = {}
         n_inputs, total = 0, 0.0
         with ExitStack() as stack:
-            stack.enter_context(_eval_mode(float_model))
-            stack.enter_context(_eval_mode(quant_model))
-            float_run = stack.enter_context(
-                _LayerRecorder(float_model, float_modules, "float model"))
+            float_run = _enter_models(stack, float_model, quant_model, float_modules)
             quant_run = stack.enter_context(_StraightThrough(quant_model, quant_modules))
             for images, labels in _unpacked(
                     progress(batches, show_progress, desc="gradient blame"), device):
@@ -189,10 +193,7 @@ class CounterfactualBlame(_BlameLocalizer):
         scores: dict[str, torch.Tensor] = {}
         n_inputs, total = 0, 0.0
         with ExitStack() as stack, torch.no_grad():
-            stack.enter_context(_eval_mode(float_model))
-            stack.enter_context(_eval_mode(quant_model))
-            float_run = stack.enter_context(
-                _LayerRecorder(float_model, float_modules, "float model"))
+            float_run = _enter_models(stack, float_model, quant_model, float_modules)
             replace = stack.enter_context(_Replacement(quant_modules))
             for images, labels in _unpacked(
                     progress(batches, show_progress, desc="counterfactual blame"), device):
