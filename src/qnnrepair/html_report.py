@@ -185,8 +185,9 @@ def _lps(report: RepairReport) -> str:
     times = np.array(report.lp_seconds(), dtype=np.float64)
     sizes = [tuple(s) for step in report.steps for s in step.get("lp_sizes", [])]
     head = (f"<h2>Linear programs</h2>\n<p class=\"sub\">{report.n_lps} LPs solved by HiGHS "
-            f"({'MILP' if _setting_of(report, 'lp', 'integer') else 'LP relaxation + rounding'}"
-            f", time limit {ch.e(_setting_of(report, 'lp', 'time_limit'))} s each). An LP is "
+            + (f"(MILP, time limit {ch.e(_setting_of(report, 'lp', 'time_limit'))} s each)"
+               if _setting_of(report, "lp", "integer") is True else
+               "(LP relaxation + rounding, each solved to the end)") + ". An LP is "
             "solved once and reused by every later step that needs it.</p>")
     if not len(times):
         return head + "<p>No LP was solved.</p>"
@@ -213,9 +214,13 @@ def _lps(report: RepairReport) -> str:
 def _steps(report: RepairReport) -> str:
     start = report.accuracy.get("validation", {}).get("quantized", math.nan)
     acceptance = report.repair_config.get("acceptance", {})
+    patience = acceptance.get("patience")
+    stop = ("" if patience is None else
+            f"; the loop stops after {patience} step{'s' * (patience != 1)} in a row that raise "
+            "the KL")
     rule = ("it is kept when it lowers the KL divergence to the float model's soft predictions "
             f"by at least {acceptance.get('min_gain', 0):.0%} and validation accuracy does not "
-            "drop below the best so far; the loop stops at the first step that raises the KL"
+            f"drop below the best so far{stop}"
             if acceptance.get("criterion", "kl") == "kl" else
             "it is kept when validation accuracy does not drop below the best so far")
     head = ("<h2>Repair steps</h2>\n<p class=\"sub\">Each step repairs the next neurons of the "
