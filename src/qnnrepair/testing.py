@@ -58,6 +58,12 @@ def trained_tiny_net(seed: int = 0, steps: int = 150) -> TinyConvNet:
     """A TinyConvNet trained on `blob_data`, in eval mode (BatchNorm statistics learned)."""
     model = tiny_conv_net(seed=seed)
     images, labels = blob_data(512, seed=10_000 + seed)
+    return fit_to_blobs(model, images, labels, steps, seed)
+
+
+def fit_to_blobs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
+                 seed: int) -> nn.Module:
+    """`steps` of Adam (lr 0.02) on seeded batches of 64; returns the model in eval mode."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     model.train()
     generator = torch.Generator().manual_seed(seed)

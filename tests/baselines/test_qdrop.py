@@ -21,7 +21,7 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.models import build_model
 from qnnrepair.models.resnet import BasicBlock
 from qnnrepair.quantization import QuantConfig, quantize
-from qnnrepair.testing import blob_data, example_inputs, tiny_conv_net
+from qnnrepair.testing import blob_data, example_inputs, fit_to_blobs, tiny_conv_net
 
 # The module, not the function the package exports under the same name.
 qdrop_module = importlib.import_module("qnnrepair.baselines.qdrop")
@@ -50,16 +50,7 @@ def trained_tiny_resnet(steps: int = 150) -> TinyResNet:
     torch.manual_seed(0)
     model = TinyResNet()
     images, labels = blob_data(512, seed=10_000)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(images), (64,), generator=generator)
-        loss = F.cross_entropy(model(images[idx]), labels[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return fit_to_blobs(model, images, labels, steps, seed=0)
 
 
 @pytest.fixture(scope="module")
