@@ -51,6 +51,7 @@ def test_scores_are_accuracy_and_kl_to_the_float_model():
         acc = 100.0 * (other(images).argmax(1) == labels).double().mean().item()
     print(same, guard.score(other), kl, acc)
     assert same.divergence == pytest.approx(0.0, abs=1e-12)
+    assert guard.float_accuracy == same.accuracy
     assert guard.score(other).divergence == pytest.approx(kl, rel=1e-9)
     assert guard.score(other).accuracy == pytest.approx(acc)
     with torch.no_grad():

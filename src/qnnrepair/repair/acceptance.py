@@ -38,6 +38,8 @@ class Guard:
         self.images, self.labels = images, labels
         self.criterion, self.min_gain = criterion, min_gain
         self.float_log_probs = F.log_softmax(logits_of(float_model, images).double(), dim=1)
+        self.float_accuracy = 100.0 * (self.float_log_probs.argmax(dim=1) == labels).double() \
+            .mean().item()
 
     def score(self, model) -> Score:
         logits = logits_of(model, self.images).double()

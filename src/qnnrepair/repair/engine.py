@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import torch
 
 from qnnrepair.errors import QnnRepairError
-from qnnrepair.evaluation import accuracy
 from qnnrepair.localization import make_localizer
 from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
@@ -84,7 +83,7 @@ class Repairer:
         guard = Guard(qmodel.float_model, validation_images, validation_labels, rule.criterion,
                       rule.min_gain)
         quantized = best = guard.score(qmodel.model)
-        float_val = accuracy(qmodel.float_model, validation_images, validation_labels)
+        float_val = guard.float_accuracy
         best_model = qmodel.copy()
         self.steps_: list[Step] = []
         self.changes_: list[NeuronChange] = []
