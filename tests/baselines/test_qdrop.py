@@ -190,7 +190,7 @@ def test_block_error_below_round_to_nearest(resnet_setup, resnet_results):
     nearest's on average over the blocks, no block more than BLOCK_SLACK above it, and the
     logits' error below 0.8 x (measured 0.58 x). Per block, measured here (AVX-512 EPYC, torch
     2.13): conv1 0.98 x (3-bit weights on 3 input channels), layer1.0 0.91 x, layer1.1 0.83 x;
-    on a Sapphire Rapids machine with torch 2.11, layer1.0 came out at 1.03 x: the drop makes
+    on a 16-core Intel machine (AMX) with torch 2.11, layer1.0 came out at 1.03 x: the drop makes
     QDrop trade one block's own error for the next ones', so a single block may lose."""
     qmodel, _ = resnet_setup
     result = resnet_results[1]
