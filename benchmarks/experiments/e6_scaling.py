@@ -163,8 +163,9 @@ def render(name: str, rows: list[dict], m: dict) -> None:
         "E6: repair time and peak memory against model size and repair-set size", m,
         "One default repair per row, each in a fresh process. Quantization per model as in "
         "the setting column (per-channel weights, first and last layer at 8 bits, activations "
-        f"min-max calibrated on R). V = {m['n_validation']} training images, T = "
-        f"{m['n_test'] or 10000} test images (accuracies in %). Peak: the larger "
+        f"min-max calibrated on R). V = {m['n_validation']} images drawn from the test file, "
+        f"T = {m['n_test'] or 'the other'} test images (accuracies in %; rows before issue 13 "
+        "drew V from the training images and tested on all 10,000). Peak: the larger "
         "of ru_maxrss of the process and of its largest finished LP worker, in MiB (the "
         "biggest single process, including the loaded data set and the models); 'before' is "
         "that peak just before the repair started. Times in seconds: localize, acceptance "
