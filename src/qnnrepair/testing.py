@@ -120,3 +120,11 @@ def with_flags(argv: list[str], extra: tuple[str, ...] | list[str], **fmt) -> li
         else:
             argv += [flag, value]
     return argv
+
+
+def scaled(qmodel, name: str) -> torch.Tensor:
+    """clamp(w / s, -qmax, qmax) of layer `name` in float64, computed from the float layer:
+    the independent reference the baselines' integers are checked against."""
+    layer, weight = qmodel.layer(name), qmodel.float_layer(name).weight.detach().double()
+    s = layer.weight_scale.double().reshape(-1, *([1] * (weight.dim() - 1)))
+    return torch.clamp(weight / s, -layer.qmax, layer.qmax)

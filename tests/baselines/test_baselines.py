@@ -11,7 +11,7 @@ from qnnrepair.baselines import BASELINES, fit_last_layer, get_baseline, squant_
 from qnnrepair.baselines.adaround import reconstruction_error
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.quantization import QuantConfig, QuantConv2d, quantize
-from qnnrepair.testing import example_inputs, tiny_conv_net
+from qnnrepair.testing import example_inputs, scaled, tiny_conv_net
 
 # Enough iterations for AdaRound to beat round to nearest on the tiny net, few enough for speed.
 ADAROUND_ITERS = 300
@@ -33,13 +33,6 @@ def results(setup):
     out = {name: get_baseline(name)(qmodel, images, seed=0, **FAST_PARAMS.get(name, {}))
            for name in sorted(BASELINES)}
     return before, out
-
-
-def scaled(qmodel, name):
-    """clamp(w / s, -qmax, qmax) in float64, computed here from the float layer."""
-    layer, weight = qmodel.layer(name), qmodel.float_layer(name).weight.detach().double()
-    s = layer.weight_scale.double().reshape(-1, *([1] * (weight.dim() - 1)))
-    return torch.clamp(weight / s, -layer.qmax, layer.qmax)
 
 
 def test_registry_has_every_method():

@@ -21,7 +21,7 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.models import build_model
 from qnnrepair.models.resnet import BasicBlock
 from qnnrepair.quantization import QuantConfig, quantize
-from qnnrepair.testing import blob_data, example_inputs, fit_to_blobs, tiny_conv_net
+from qnnrepair.testing import blob_data, example_inputs, fit_to_blobs, scaled, tiny_conv_net
 
 # The module, not the function the package exports under the same name.
 qdrop_module = importlib.import_module("qnnrepair.baselines.qdrop")
@@ -67,13 +67,6 @@ def resnet_results(resnet_setup):
     before = qmodel.integer_state()
     out = get_baseline("qdrop")(qmodel, images, seed=0, **FAST)
     return before, out
-
-
-def scaled(qmodel, name):
-    """clamp(w / s, -qmax, qmax) in float64, computed here from the float layer."""
-    layer, weight = qmodel.layer(name), qmodel.float_layer(name).weight.detach().double()
-    s = layer.weight_scale.double().reshape(-1, *([1] * (weight.dim() - 1)))
-    return torch.clamp(weight / s, -layer.qmax, layer.qmax)
 
 
 def test_registered_with_adaround_comparable_defaults():
