@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload
 
+from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.evaluation import accuracy
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
@@ -53,7 +54,7 @@ def main() -> None:
     rows = Rows(OUT.with_suffix(".json"), args.fresh)
     for seed in args.seeds:
         work = workload(args.model, args.shared, seed=seed)
-        images = {s: (work.images(s), work.labels(s)) for s in ("repair", "validation", "test")}
+        images = {s: (work.images(s), work.labels(s)) for s in SPLIT_NAMES}
         for setting in args.settings:
             qmodel = quantize(work.model, QuantConfig.from_setting(setting),
                               work.images("repair"), model_spec=args.model, seed=seed)

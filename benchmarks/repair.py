@@ -23,12 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload
 
 from qnnrepair.baselines import get_baseline
+from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.evaluation import accuracy
 from qnnrepair.localization import METRICS
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
 
-SPLITS = ("repair", "validation", "test")
+SPLITS = SPLIT_NAMES
 
 
 def accuracies(model, work) -> dict[str, float]:

@@ -19,12 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload  # noqa: E402
 
+from qnnrepair.data.splits import SPLIT_NAMES  # noqa: E402
 from qnnrepair.evaluation import accuracy  # noqa: E402
 from qnnrepair.localization import SpectrumLocalizer  # noqa: E402
 from qnnrepair.quantization import QuantConfig, QuantizedModel, batches, quantize  # noqa: E402
 
 OUT = RESULTS / "experiments"
-SPLITS = ("repair", "validation", "test")
+SPLITS = SPLIT_NAMES
 SETTINGS = {"conv3": "w3a8", "conv5": "w3a8", "vgg": "w3a8", "mobilenetv2": "w4a8",
             "resnet20": "w3a8", "resnet32": "w3a8", "resnet44": "w3a8", "resnet56": "w3a8"}
 

@@ -39,6 +39,7 @@ from _shared import (
 )
 
 from qnnrepair.baselines import get_baseline
+from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.quantization import LayerBits
 from qnnrepair.repair import Repairer, preset
 
@@ -76,7 +77,7 @@ def main() -> None:
     for model in args.models:
         work = workload(model, args.shared, args.n_repair, args.n_validation, args.seed,
                         args.n_test)
-        m["sizes"] = {s: len(work.labels(s)) for s in ("repair", "validation", "test")}
+        m["sizes"] = {s: len(work.labels(s)) for s in SPLIT_NAMES}
         float_acc = None
         for strategy in expand(args.strategies, args.random_draws):
             key = {"model": model, "setting": args.setting, "strategy": strategy,

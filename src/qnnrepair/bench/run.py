@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from qnnrepair.bench.config import BenchConfig
 from qnnrepair.bench.methods import ON_TOP, get_method
 from qnnrepair.bench.record import BenchRecord
+from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.evaluation import accuracy
 from qnnrepair.pipeline import Workload
 from qnnrepair.progress import progress
@@ -23,7 +24,7 @@ from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("repair", "validation", "test")
+SPLITS = SPLIT_NAMES
 
 
 class _Clock:
