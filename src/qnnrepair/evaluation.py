@@ -7,12 +7,24 @@ from torch import nn
 
 from qnnrepair.progress import progress
 
+# Input elements per batch: 500 CIFAR images (3x32x32), 10 ImageNet images (3x224x224), whose
+# activations are 50 times larger; peak memory stays the same whatever the image size.
+BATCH_ELEMENTS = 500 * 3 * 32 * 32
+
+
+def batch_size_for(images: torch.Tensor, limit: int = 500) -> int:
+    """How many of `images` go through a model at once: at most `limit`, fewer for large
+    images (see BATCH_ELEMENTS)."""
+    per_image = images[0].numel() if len(images) else 1
+    return max(1, min(limit, BATCH_ELEMENTS // per_image))
+
 
 @torch.no_grad()
-def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int | None = None,
               show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
     """The model's outputs (N, classes), in eval mode; every module's train/eval flag is
     restored afterwards, also when the forward pass raises."""
+    batch_size = batch_size or batch_size_for(images)
     flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -25,7 +37,7 @@ def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
     return torch.cat(parts) if parts else torch.empty(0, 0)
 
 
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = None,
             show_progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
     """Predicted class per image (int64), in eval mode (flags restored, see logits_of)."""
     if len(images) == 0:

@@ -45,7 +45,7 @@ code { font-size: 12px; }
 
 def render_html(report: RepairReport) -> str:
     """The whole report as one HTML document (UTF-8 text, no external resources)."""
-    title = (f"qnnrepair report: {report.model}, {_setting(report)}, seed {report.seed}")
+    title = (f"qnnrepair report: {report.model}, {report.setting}, seed {report.seed}")
     body = [f"<h1>{ch.e(title)}</h1>", _summary(report), _accuracy(report), _ranking(report),
             _changes(report), _per_class(report), _lps(report), _steps(report), _config(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -272,7 +272,3 @@ def _setting_of(report: RepairReport, part: str, key: str):
     config = report.repair_config
     return config.get(part, config).get(key, "?")
 
-
-def _setting(report: RepairReport) -> str:
-    q = report.quant_config
-    return f"w{q.get('weight_bits', '?')}a{q.get('act_bits', '?')}"

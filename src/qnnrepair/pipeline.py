@@ -23,13 +23,13 @@ from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make
 from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import per_class_accuracy, predict
+from qnnrepair.formats.model import DeployedModel
 from qnnrepair.models import ModelInfo, load_model, model_info
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
 from qnnrepair.repair import RepairConfig, Repairer
 from qnnrepair.report import RepairReport
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -125,10 +125,7 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
     user = ":" in model_spec
     if not user:
         _zoo_info(model_spec, num_classes, mean, std)  # refuse before loading anything
-    pool = load_dataset(data, split="train")
-    test = load_dataset(test_data, split="test") if test_data is not None else None
-    validation = load_dataset(validation_data, split="test") \
-        if validation_data is not None else None
+    pool, test, validation = _load_data(data, test_data, validation_data)
     if model is None:
         model = load_model(model_spec, weights, num_classes=num_classes)
     if user:
@@ -136,11 +133,62 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
                                mean, std)
     else:
         info = _zoo_info(model_spec, num_classes, mean, std)
-    for dataset in (pool, test, validation):
+    return _workload(model_spec, model, info, (pool, test, validation), n_repair, n_validation,
+                     n_test, seed)
+
+
+def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Path | None = None,
+                     *, n_repair: int = 1000, n_validation: int = 1000, n_test: int | None = None,
+                     seed: int = 0, validation_data: str | Path | None = None,
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     label_offset: int | None = None) -> Workload:
+    """`prepare` for a deployed file (formats.deployed.load_deployed): the input normalization
+    comes from the file unless `mean`/`std` are given, the class count from its output.
+    `label_offset` is added to every label; None means 1 for a model with 1,001 outputs
+    (TensorFlow's ImageNet models keep output 0 for "background"), else 0."""
+    from qnnrepair.formats.deployed import input_normalization
+
+    if n_repair == 0:
+        raise QnnRepairError("the repair set is empty (n_repair 0): it drives localization and "
+                             "the LPs; draw at least one image")
+    datasets = _load_data(data, test_data, validation_data)
+    if mean is None and std is None:
+        mean, std = input_normalization(model)
+    spec = str(model.path)
+    classes = probe_classes(model.model, spec, datasets[0], mean, std)
+    if label_offset is None:
+        label_offset = 1 if classes == 1001 else 0
+        if label_offset:
+            logger.info("%s has 1,001 outputs: output 0 read as 'background', labels + 1", spec)
+    datasets = tuple(_shift_labels(d, label_offset) for d in datasets)
+    info = user_model_info(spec, datasets[0], classes, mean, std)
+    return _workload(spec, model.float_model, info, datasets, n_repair, n_validation, n_test,
+                     seed)
+
+
+def _load_data(data, test_data, validation_data) -> tuple[Dataset, Dataset | None,
+                                                          Dataset | None]:
+    pool = load_dataset(data, split="train")
+    test = load_dataset(test_data, split="test") if test_data is not None else None
+    validation = load_dataset(validation_data, split="test") \
+        if validation_data is not None else None
+    return pool, test, validation
+
+
+def _shift_labels(dataset: Dataset | None, offset: int) -> Dataset | None:
+    if dataset is None or offset == 0:
+        return dataset
+    names = None if dataset.classes is None else ("background",) * offset + dataset.classes
+    return Dataset(dataset.images, dataset.labels + offset, names)
+
+
+def _workload(spec, model, info, datasets, n_repair, n_validation, n_test, seed) -> Workload:
+    pool, test, validation = datasets
+    for dataset in datasets:
         if dataset is not None:
             check_compatible(dataset, info)
     splits = make_splits(pool, test, n_repair, n_validation, n_test, seed, validation)
-    return Workload(model_spec, model, info, splits, seed)
+    return Workload(spec, model, info, splits, seed)
 
 
 def embedded_default() -> tuple[Path, Path]:

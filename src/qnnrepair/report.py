@@ -95,10 +95,16 @@ class RepairReport:
                     f"validation set ({quant:.2f}% vs {float_:.2f}%)")
         return "no repair step ran (time budget spent or no neuron to repair)"
 
+    @property
+    def setting(self) -> str:
+        """w4a8 and the like for a model qnnrepair quantized; the format for a deployed file."""
+        q = self.quant_config
+        if "format" in q:
+            return f"{q['format']} file"
+        return f"w{q.get('weight_bits', '?')}a{q.get('act_bits', '?')}"
+
     def to_text(self) -> str:
-        lines = [f"qnnrepair report: {self.model}, "
-                 f"w{self.quant_config['weight_bits']}a{self.quant_config['act_bits']}, "
-                 f"seed {self.seed}", ""]
+        lines = [f"qnnrepair report: {self.model}, {self.setting}, seed {self.seed}", ""]
         lines.append(f"{'accuracy %':<20}" + "".join(f"{m:>11}" for m in MODELS))
         for split in SPLITS:
             if split in self.accuracy:

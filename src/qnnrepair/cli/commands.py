@@ -88,6 +88,7 @@ def cmd_localize(args) -> int:
 
 def cmd_repair(args) -> int:
     from qnnrepair.fileio import write_text
+    from qnnrepair.formats.deployed import is_deployed, output_format_matches, write_deployed
     from qnnrepair.pipeline import run_repair
     from qnnrepair.quantization import save_quantized
 
@@ -96,6 +97,9 @@ def cmd_repair(args) -> int:
     check_output_folder(args.output)
     if args.report_html is not None:
         check_output_folder(args.report_html)
+    deployed = is_deployed(args.quantized)
+    if deployed:
+        output_format_matches(args.quantized, args.output)
     workload, quantized = workload_of(args)
     qmodel = quantized_of(args, workload, quantized)
     result = run_repair(workload, None, repair_config(args), quantized=qmodel,
@@ -106,7 +110,12 @@ def cmd_repair(args) -> int:
         from qnnrepair.html_report import render_html
 
         page = render_html(result.report)  # before any file is written
-    save_quantized(result.repaired, args.output)
+    if deployed:
+        changed = write_deployed(result.repaired, args.output)
+        text += f"\n\n{args.output.name}: {len(changed)} weight/bias tensors changed"
+        text += "\n" + _runtime_lines(args.output, args.quantized, result, workload)
+    else:
+        save_quantized(result.repaired, args.output)
     write_text(sidecar(args.output, ".report.json"), result.report.to_json())
     write_text(sidecar(args.output, ".summary.txt"), text + "\n")
     if page is not None:
@@ -116,6 +125,20 @@ def cmd_repair(args) -> int:
           f"{sidecar(args.output, '.summary.txt').name}"
           + (f", {args.report_html}" if page is not None else ""))
     return 0
+
+
+def _runtime_lines(repaired_path, original_path, result, workload) -> str:
+    """The test split through the file's own runtime, before and after the repair; a note
+    instead when the runtime is not installed (the repair itself does not need it)."""
+    from qnnrepair.formats.runtime import check_runtime
+
+    images, labels = workload.images("test"), workload.labels("test")
+    try:
+        before = check_runtime(original_path, result.quantized.model, images, labels)
+        after = check_runtime(repaired_path, result.repaired.model, images, labels)
+    except QnnRepairError as err:
+        return f"not checked in the runtime: {err}"
+    return f"test, input file:    {before}\ntest, repaired file: {after}"
 
 
 def cmd_export(args) -> int:

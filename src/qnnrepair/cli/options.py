@@ -18,7 +18,13 @@ def add_data(p: argparse.ArgumentParser) -> None:
     add_norm(g)
     g.add_argument("--weights", type=Path, help="float checkpoint (state dict) for --model")
     g.add_argument("--quantized", type=Path,
-                   help="a quantized model file from `qnnrepair quantize` (instead of quantizing)")
+                   help="the quantized model: a deployed .tflite file, an ONNX QDQ file "
+                   "(with --float-model), or a .qnn file from `qnnrepair quantize`")
+    g.add_argument("--float-model", type=Path, metavar="FILE.onnx",
+                   help="the float ONNX model an ONNX QDQ --quantized file was quantized from")
+    g.add_argument("--label-offset", type=int, default=None,
+                   help="added to every label of a deployed file's data (default: 1 for a "
+                   "model with 1001 outputs, whose output 0 is 'background', else 0)")
     g.add_argument("--data", type=Path, help="training-split data: R and V are drawn from it "
                    "(.npz, idx folder, CIFAR batches folder, image folder or a folder with "
                    "labels.csv; docs/DATA.md)")
@@ -135,11 +141,17 @@ def int_or_none(text: str, flag: str) -> int:
 
 def workload_of(args):
     """(workload, quantized model or None) from --model/--weights or --quantized, and --data."""
+    from qnnrepair.formats.deployed import is_deployed
     from qnnrepair.pipeline import prepare
     from qnnrepair.quantization import load_quantized
 
     if args.data is None:
         raise QnnRepairError("--data is required: give the data set R and V are drawn from")
+    if is_deployed(args.quantized):
+        return _deployed_workload(args)
+    if args.float_model is not None or args.label_offset is not None:
+        raise QnnRepairError("--float-model and --label-offset are for deployed files: give "
+                             "--quantized FILE.tflite or FILE.onnx")
     quantized = None
     if args.quantized is not None:
         # --model may say where a user's factory is when the file was made in another folder
@@ -155,6 +167,21 @@ def workload_of(args):
                        validation_data=args.validation_data, mean=args.mean, std=args.std)
     norm_note(spec, args)
     return workload, quantized
+
+
+def _deployed_workload(args):
+    from qnnrepair.formats.deployed import load_deployed
+    from qnnrepair.pipeline import prepare_deployed
+
+    if args.model is not None or args.weights is not None:
+        raise QnnRepairError(f"{args.quantized} carries its model: leave out --model and "
+                             "--weights")
+    model = load_deployed(args.quantized, args.float_model)
+    workload = prepare_deployed(model, args.data, args.test_data, n_repair=args.n_repair,
+                                n_validation=args.n_validation, n_test=args.n_test,
+                                seed=args.seed, validation_data=args.validation_data,
+                                mean=args.mean, std=args.std, label_offset=args.label_offset)
+    return workload, model
 
 
 def quantized_of(args, workload, quantized):

@@ -6,9 +6,28 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class FileOrigin:
+    """Where a deployed model's quantization comes from: its file. It stands where a
+    QuantConfig stands for a model qnnrepair quantized itself (the report's quant_config,
+    `setting`)."""
+
+    format: str
+    path: str
+    float_path: str | None = None
+
+    @property
+    def setting(self) -> str:
+        return f"{self.format} file"
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "file": self.path, "float_file": self.float_path}
 
 
 @dataclass(repr=False)
@@ -23,6 +42,12 @@ class DeployedModel:
     float_model: nn.Module
     layers: list[str]
     path: str
+
+    format_name: ClassVar[str] = ""
+
+    @property
+    def config(self) -> FileOrigin:
+        return FileOrigin(self.format_name, self.path, getattr(self, "float_path", None))
 
     def layer(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)

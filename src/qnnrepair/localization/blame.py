@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.formats.layers import DeployedLayer
 from qnnrepair.hooks import rewrite_output
 from qnnrepair.localization.metrics import rank_neurons
 from qnnrepair.localization.spectrum import (
@@ -48,10 +49,13 @@ from qnnrepair.localization.spectrum import (
 from qnnrepair.localization.states import per_position
 from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
-from qnnrepair.quantization.modules import QUANT_LAYERS, QuantConv2d
+from qnnrepair.quantization.modules import QUANT_LAYERS
 from qnnrepair.registry import Registry
 
 logger = logging.getLogger(__name__)
+
+# Layers that round their input: our quantizer's and a deployed file's (TFLite, ONNX QDQ).
+ROUNDING_LAYERS = QUANT_LAYERS + (DeployedLayer,)
 
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DIVERGENCES = Registry("divergence")
@@ -229,8 +233,8 @@ class _StraightThrough:
     def __init__(self, model: nn.Module, named: Mapping[str, nn.Module]) -> None:
         self.model = model
         self.names = {id(module): layer for layer, module in named.items()}
-        self.modules = [m for m in model.modules() if isinstance(m, QUANT_LAYERS)]
-        self.modules += [m for m in named.values() if not isinstance(m, QUANT_LAYERS)]
+        self.modules = [m for m in model.modules() if isinstance(m, ROUNDING_LAYERS)]
+        self.modules += [m for m in named.values() if not isinstance(m, ROUNDING_LAYERS)]
         self._stack = ExitStack()
         self._outputs: dict[str, torch.Tensor] | None = None
 
@@ -251,7 +255,7 @@ class _StraightThrough:
                                  f"{type(output).__name__}, not a tensor; choose Conv/Linear "
                                  "layers")
         x = inputs[0]
-        if isinstance(module, QUANT_LAYERS) and x.requires_grad:
+        if isinstance(module, ROUNDING_LAYERS) and x.requires_grad:
             output = output.detach() + _straight_through_part(module, x)
         layer = self.names.get(id(module))
         if layer is not None:
@@ -285,7 +289,7 @@ def _straight_through_part(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         inside = (module.quantize_input(x) - x).abs() <= 0.5 * step * (1 + 1e-4) + 1e-12
     x_in = x * inside
     weight = module.dequantized_weight()
-    if isinstance(module, QuantConv2d):
+    if weight.dim() == 4:
         linear = F.conv2d(x_in, weight, None, module.stride, module.padding, module.dilation,
                           module.groups)
     else:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qnnrepair.evaluation import batch_size_for
 from qnnrepair.hooks import capture, run_until_stop, stop_after
 from qnnrepair.quantization import QuantConv2d, QuantizedModel
 
@@ -44,7 +45,7 @@ class LayerRecord:
 
 @torch.no_grad()
 def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tensor,
-                  rows_per_layer: int, seed: int, batch_size: int = 250,
+                  rows_per_layer: int, seed: int, batch_size: int | None = None,
                   float_out: dict[str, np.ndarray] | None = None) -> dict[str, LayerRecord]:
     """Record every layer in `layers` in one pass of each model over `images`, stopping each
     pass after the deepest of them.
@@ -53,6 +54,7 @@ def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tenso
     rows and seed (the sampled positions are then the same): a repair changes only the
     quantized model, so the float pass is skipped."""
     known = float_out is not None and all(name in float_out for name in layers)
+    batch_size = batch_size or batch_size_for(images, 250)
     positions = max(1, rows_per_layer // max(len(images), 1))
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[tuple]] = {name: [] for name in layers}
@@ -88,7 +90,7 @@ def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tenso
 def _rows(layer, x_deq, float_out, quant_out, first_image, positions, generator):
     n = len(x_deq)
     image = torch.arange(first_image, first_image + n)
-    if not isinstance(layer, QuantConv2d):
+    if layer.weight_int.dim() != 4:  # a linear layer (ours or a deployed file's)
         return x_deq, float_out, quant_out, image
     out_h, out_w = quant_out.shape[2:]
     pick = torch.randint(out_h * out_w, (n, min(positions, out_h * out_w)), generator=generator)

@@ -122,10 +122,10 @@ def layer_lp(qmodel: QuantizedModel, name: str, images: torch.Tensor, targets: T
         weight=layer.weight_int.reshape(layer.out_features, -1).numpy().astype(np.int64),
         scale=layer.weight_scale.numpy().astype(np.float64),
         bias=layer.dequantized_bias().numpy().astype(np.float64),
-        rounding=rounding_domain(qmodel, name) if lp.weight_domain == "rounding" else None,
+        domain=weight_domain(qmodel, name) if lp.weight_domain == "rounding" else None,
         target=targets.label, usable=targets.usable, failing=targets.failing,
         record=record, n_rows=lp.max_rows if is_output else lp.hidden_rows,
-        options=lp.options(layer.qmax), config=lp, seed=config.seed)
+        options=lp.options(*reversed(grid(layer))), config=lp, seed=config.seed)
 
 
 def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_rows: int,
@@ -142,11 +142,25 @@ def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_row
     return record
 
 
-def rounding_domain(qmodel: QuantizedModel, name: str) -> np.ndarray:
-    """Each weight of layer `name` in integer units, before rounding: w / s (out, fan_in)."""
+def grid(layer) -> tuple[int, int]:
+    """A layer's lowest and highest weight integer: [-qmax, qmax] for our own quantizer; a
+    deployed file's (formats.layers.DeployedLayer) need not be symmetric."""
+    return getattr(layer, "qmin", -layer.qmax), layer.qmax
+
+
+def weight_domain(qmodel: QuantizedModel, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest integer each weight of layer `name` may take (out, fan_in):
+    the floor and the ceiling of its float value w / s, so the LP revisits rounding directions
+    as AdaRound does. When the float weights are the integers themselves (the float reference
+    of a deployed file is its dequantized weights) there is no direction left to choose, and
+    each weight may move one step either way instead."""
     layer, float_layer = qmodel.layer(name), qmodel.float_layer(name)
     w = float_layer.weight.detach().double().reshape(layer.out_features, -1)
-    return (w / layer.weight_scale.double()[:, None]).numpy()
+    scaled = (w / layer.weight_scale.double()[:, None]).numpy()
+    weight = layer.weight_int.reshape(layer.out_features, -1).numpy().astype(np.float64)
+    if np.allclose(scaled, weight, rtol=0.0, atol=1e-3):
+        return weight - 1.0, weight + 1.0
+    return np.floor(scaled), np.ceil(scaled)
 
 
 def apply_result(qmodel: QuantizedModel, name: str, indices: list[int],
@@ -159,7 +173,7 @@ def apply_result(qmodel: QuantizedModel, name: str, indices: list[int],
     changes = []
     for row, c in enumerate(indices):
         d = torch.from_numpy(delta_w[row]).reshape(layer.weight_int[c].shape)
-        new = torch.clamp(layer.weight_int[c].long() + d, -layer.qmax, layer.qmax)
+        new = torch.clamp(layer.weight_int[c].long() + d, *grid(layer))
         bias_steps = int(round(delta_b[row] / layer.bias_scale()[c].item()))
         applied = new - layer.weight_int[c].long()
         if not applied.any() and bias_steps == 0:

@@ -93,13 +93,15 @@ class LPConfig:
             raise QnnRepairError(f"max_rows and hidden_rows must be at least 1, got "
                                  f"{self.max_rows} and {self.hidden_rows}")
 
-    def options(self, qmax: int) -> dict[str, Any]:
-        """The settings every LP problem of a layer with grid [-qmax, qmax] takes."""
+    def options(self, qmax: int, qmin: int | None = None) -> dict[str, Any]:
+        """The settings every LP problem of a layer with grid [qmin, qmax] takes (qmin
+        -qmax unless given: a deployed file's grid need not be symmetric)."""
         # A wall-clock limit makes an LP's answer depend on the machine's load (seen: a W4A4
         # repair run under a load of about 6 gave other integers than the same code without
         # the limit), so LP relaxations run to the end; only MILPs, which can run for hours,
         # are cut.
-        options = {"qmin": -qmax, "qmax": qmax, "norm": self.norm, "integer": self.integer,
+        options = {"qmin": -qmax if qmin is None else qmin, "qmax": qmax, "norm": self.norm,
+                   "integer": self.integer,
                    "time_limit": self.time_limit if self.integer else None}
         if self.lam is not None:
             options["lam"] = self.lam

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.evaluation import batch_size_for
 from qnnrepair.localization import make_localizer
 from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
@@ -173,10 +174,11 @@ def fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Te
     """The localizer of `config.localization`, fitted on the repair set: the one ranking that
     `qnnrepair localize` prints and `qnnrepair repair` repairs."""
     loc = config.localization
+    size = batch_size_for(images, 250)  # forward and backward: half an evaluation batch
     localizer = make_localizer(loc.metric, state_rule=loc.state_rule, oracle=loc.oracle,
                                seed=config.seed)
     return localizer.fit(qmodel.float_model, qmodel.model, layer_names(qmodel, loc.layers),
-                         list(zip(batches(images, 250), batches(labels, 250))),
+                         list(zip(batches(images, size), batches(labels, size))),
                          show_progress=show_progress)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +72,7 @@ class OnnxQDQModel(DeployedModel):
 
     model: OnnxGraph
     float_model: OnnxGraph
+    format_name: ClassVar[str] = "onnx-qdq"
     float_path: str
     num_classes: int | None = None
 

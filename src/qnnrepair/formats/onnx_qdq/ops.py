@@ -40,7 +40,10 @@ class QuantizeOp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = _axis_shape(self.scale, self.axis, x.dim())
         z = _axis_shape(self.zero_point, self.axis, x.dim())
-        return torch.clamp(torch.round(x.float() / s) + z, self.qmin, self.qmax)
+        v = x.float() / s
+        if v.requires_grad:  # straight-through (localization's gradient): rounding has none
+            return torch.clamp(v + (torch.round(v) - v).detach() + z, self.qmin, self.qmax)
+        return torch.clamp(torch.round(v) + z, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         return f"grid=[{self.qmin}, {self.qmax}], per_axis={self.scale.numel() > 1}"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +42,13 @@ def _qparams(t: Tensor) -> ops.QParams:
 class TFLiteGraph(nn.Module):
     """The operators of one subgraph in file order. Input: the stored integers of the input
     tensor (uint8 pixels), NCHW, any numeric dtype; the file's own scale and zero point turn
-    them into real values. Output: the output tensor in real units (dequantized)."""
+    them into real values. Output: the output tensor in real units (dequantized), or with
+    `return_logits` set the input of a final SOFTMAX (what a repair compares: softmax outputs
+    on a 1/256 grid tie and saturate).
+
+    With autograd on (localization's gradient blame), each step's value stays the integer
+    result and its gradient is the float op's at the same input (straight-through): the
+    roundings between ops would otherwise stop every gradient."""
 
     def __init__(self, source: TFLiteFile) -> None:
         super().__init__()
@@ -58,6 +66,8 @@ class TFLiteGraph(nn.Module):
             self.wiring.append((inputs, op.outputs[0]))
             self.names.append(source.tensors[op.outputs[0]].name)
         self._last_use = dataflow.last_uses(inputs for inputs, _out in self.wiring)
+        self.logits_index, self.logits_steps = _logits(source, self.output_index)
+        self.return_logits = False
 
     @property
     def float_mode(self) -> bool:
@@ -75,9 +85,13 @@ class TFLiteGraph(nn.Module):
         return (x - self.input_q.zero_point) * self.input_q.scale
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        steps = ((module, inputs, out) for module, (inputs, out) in zip(self.ops, self.wiring))
+        output, n_steps = ((self.logits_index, self.logits_steps) if self.return_logits
+                           else (self.output_index, len(self.ops)))
+        steps = ((module, inputs, out) for module, (inputs, out)
+                 in islice(zip(self.ops, self.wiring), n_steps))
+        call = _straight_through if torch.is_grad_enabled() and not self.float_mode else None
         return dataflow.run(steps, {self.input_index: self.preprocess(pixels)},
-                            self.output_index, self._last_use)
+                            output, self._last_use, call)
 
     def to_float(self) -> TFLiteGraph:
         """The float reference: dequantized weights and biases in nn.Conv2d / nn.Linear,
@@ -91,6 +105,37 @@ class TFLiteGraph(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{Path(self.path).name}, {len(self.ops)} ops"
+
+
+def _straight_through(module: nn.Module, *xs: torch.Tensor) -> torch.Tensor:
+    """One step: the integer op's value with its float version's gradient at the same inputs.
+    A ConvOp does this itself (its layer must run once, for the hooks on it)."""
+    if isinstance(module, ops.ConvOp) or not any(x.requires_grad for x in xs):
+        return module(*xs)
+    with torch.no_grad():
+        value = module(*xs)
+    module.float_mode = True
+    try:
+        slope = module(*xs)
+    finally:
+        module.float_mode = False
+    return value + (slope - slope.detach())
+
+
+_PASS_THROUGH = ("DEQUANTIZE", "QUANTIZE", "RESHAPE", "SQUEEZE")
+
+
+def _logits(source: TFLiteFile, output: int) -> tuple[int, int]:
+    """The tensor a final SOFTMAX reads (through reshapes and (de)quantizations after it) and
+    the number of ops up to the one that writes it; the output itself if there is no softmax."""
+    producer = {op.outputs[0]: op for op in source.operators}
+    tensor = output
+    while tensor in producer and producer[tensor].op in _PASS_THROUGH:
+        tensor = producer[tensor].inputs[0]
+    if tensor not in producer or producer[tensor].op != "SOFTMAX":
+        return output, len(source.operators)
+    logits = producer[tensor].inputs[0]
+    return logits, (producer[logits].index + 1 if logits in producer else 0)
 
 
 def _float_layer(layer: nn.Module) -> nn.Module:
@@ -208,6 +253,7 @@ class TFLiteModel(DeployedModel):
 
     model: TFLiteGraph
     float_model: TFLiteGraph
+    format_name: ClassVar[str] = "tflite"
     num_classes: int | None = None
 
 

@@ -109,7 +109,11 @@ class ConvOp(TFLiteOp):
                                                   self.conv.weight_scale.numpy(),
                                                   self.out_q.scale)).reshape(shape)
         q = ar.requantize_fp32(acc, scale, self.out_q.zero_point, *self.act_range)
-        return self.out_q.to_real(q)
+        out = self.out_q.to_real(q)
+        if pre.requires_grad:  # straight-through across the requantization (graph.py)
+            slope = ar.float_activation(pre.to(out.dtype), self.activation)
+            out = out + (slope - slope.detach())
+        return out
 
 
 class AddOp(TFLiteOp):

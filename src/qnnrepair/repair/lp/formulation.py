@@ -48,8 +48,9 @@ class Rows(Protocol):
 class LayerLP:
     """One layer of the candidate model, as the formulations see it.
 
-    `weight` (out, fan_in) integers, `scale` (out,), `bias` (out,) real; `rounding` the float
-    weights in integer units when deltas are restricted to floor / ceiling (else None);
+    `weight` (out, fan_in) integers, `scale` (out,), `bias` (out,) real; `domain` the lowest
+    and highest integer each weight may take (out, fan_in) each, when deltas are restricted
+    (floor and ceiling of the float weight, see candidate.weight_domain), else None;
     `target`, `usable`, `failing` per repair image (the class to aim for, whether the float
     model gets it, whether it fails after quantization); `record(n_samples, max_images)`
     records about n_samples rows from at most max_images images (None: all) spread over the
@@ -65,7 +66,7 @@ class LayerLP:
     weight: np.ndarray
     scale: np.ndarray
     bias: np.ndarray
-    rounding: np.ndarray | None
+    domain: tuple[np.ndarray, np.ndarray] | None
     target: np.ndarray
     usable: np.ndarray
     failing: np.ndarray
@@ -77,11 +78,11 @@ class LayerLP:
     memo: dict = field(default_factory=dict)
 
     def delta_bounds(self, c: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Floor and ceiling of neuron c's float weights, as deltas from its integers."""
-        if self.rounding is None:
+        """Neuron c's allowed integers (`domain`) as deltas from its integers."""
+        if self.domain is None:
             return None
-        return (np.floor(self.rounding[c]) - self.weight[c],
-                np.ceil(self.rounding[c]) - self.weight[c])
+        lowest, highest = self.domain
+        return lowest[c] - self.weight[c], highest[c] - self.weight[c]
 
     def row_mask(self, rows: Rows) -> np.ndarray:
         """Rows an LP on raw rows keeps: failing images only if asked; at the output layer,

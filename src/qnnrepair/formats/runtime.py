@@ -1,0 +1,87 @@
+"""Run a deployed file in its own runtime (LiteRT for .tflite, ONNX Runtime for ONNX QDQ) and
+compare with the simulation: the numbers a user of the file will see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.evaluation import predict
+
+
+@dataclass(frozen=True)
+class RuntimeCheck:
+    """Top-1 of the file in its runtime and of the simulation on the same images, and how
+    many images the two predict alike."""
+
+    runtime: str
+    n_images: int
+    runtime_accuracy: float
+    sim_accuracy: float
+    agreement: float
+
+    def __str__(self) -> str:
+        return (f"{self.runtime} top-1 {self.runtime_accuracy:.2f}% on {self.n_images} images "
+                f"(simulation {self.sim_accuracy:.2f}%, same prediction on "
+                f"{100 * self.agreement:.2f}%)")
+
+
+def runtime_predictions(path: str | Path, images: torch.Tensor) -> tuple[str, np.ndarray]:
+    """(runtime name, top-1 per image) of the file at `path` on `images`, which are the
+    pipeline's input tensors (NCHW; for a .tflite file the stored input integers)."""
+    if Path(path).suffix.lower() == ".tflite":
+        return "LiteRT", _litert_predictions(path, images)
+    return "ONNX Runtime", _onnxruntime_predictions(path, images)
+
+
+def check_runtime(path: str | Path, simulation: torch.nn.Module, images: torch.Tensor,
+                  labels: torch.Tensor) -> RuntimeCheck:
+    runtime, got = runtime_predictions(path, images)
+    # Like with like: the file's own output (a softmax on a 1/256 grid can tie where the
+    # logits do not, and the runtime takes the first of tied classes).
+    logits = getattr(simulation, "return_logits", None)
+    if logits is not None:
+        simulation.return_logits = False
+    try:
+        sim = predict(simulation, images, batch_size=50).numpy()
+    finally:
+        if logits is not None:
+            simulation.return_logits = logits
+    want = labels.numpy()
+    return RuntimeCheck(runtime, len(want), 100.0 * float((got == want).mean()),
+                        100.0 * float((sim == want).mean()), float((got == sim).mean()))
+
+
+def _litert_predictions(path, images: torch.Tensor) -> np.ndarray:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise QnnRepairError("checking a .tflite file needs LiteRT: pip install "
+                             "'qnnrepair[tflite]'") from None
+    interpreter = Interpreter(str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    pixels = images.permute(0, 2, 3, 1).round().numpy().astype(inp["dtype"])
+    predictions = []
+    for image in pixels:  # the file's batch size is 1
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        predictions.append(int(np.argmax(interpreter.get_tensor(out["index"])[0])))
+    return np.asarray(predictions)
+
+
+def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100) -> np.ndarray:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise QnnRepairError("checking an ONNX file needs ONNX Runtime: pip install "
+                             "'qnnrepair[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    parts = [session.run(None, {name: images[i:i + batch_size].numpy()})[0].argmax(axis=1)
+             for i in range(0, len(images), batch_size)]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
