@@ -9,7 +9,7 @@ from qnnrepair.errors import QnnRepairError
 
 WEIGHT_CLIPPINGS = ("maxabs", "mse")
 ACT_CALIBRATIONS = ("minmax", "percentile", "mse")
-_SETTING = re.compile(r"^w(\d+)a(\d+)$")
+_SETTING = re.compile(r"^w(\d+)a(\d+)(-pt)?$")  # "-pt": one weight scale per tensor
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,16 @@ class QuantConfig:
 
     @classmethod
     def from_setting(cls, setting: str, **kwargs) -> QuantConfig:
-        """`QuantConfig.from_setting("w4a8", per_channel=False)`."""
+        """`QuantConfig.from_setting("w4a8", per_channel=False)`; "w8a8-pt" is w8a8 with one
+        weight scale per tensor."""
         match = _SETTING.match(setting.strip().lower())
         if not match:
             raise QnnRepairError(
-                f"unknown quantization setting {setting!r}: write it as wXaY, e.g. w8a8 or w4a8"
+                f"unknown quantization setting {setting!r}: write it as wXaY, e.g. w8a8 or w4a8 "
+                "(wXaY-pt: per-tensor weights)"
             )
+        if match[3]:
+            kwargs = {**kwargs, "per_channel": False}
         return cls(weight_bits=int(match[1]), act_bits=int(match[2]), **kwargs)
 
     @property

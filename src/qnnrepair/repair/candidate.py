@@ -110,8 +110,10 @@ def layer_lp(qmodel: QuantizedModel, name: str, images: torch.Tensor, targets: T
     def record(n_samples: int, max_images: int | None) -> LayerRecord:
         key = (n_samples, max_images)
         if key not in recorded:
+            if max_images is None:
+                max_images = lp.summary_images(len(images), images[0, 0].numel())
             r = record_subset(qmodel, name, images, n_samples, config.seed,
-                              max_images=len(images) if max_images is None else max_images,
+                              max_images=max_images,
                               float_out=cache.float_rows)
             cache.float_rows.setdefault(name, r.float_out)
             recorded[key] = r

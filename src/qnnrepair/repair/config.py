@@ -23,6 +23,7 @@ from qnnrepair.repair.lp.backend import BACKENDS
 
 CONFIG_VERSION = 2  # 1: the flat RepairConfig of qnnrepair 0.1 (22 fields)
 WEIGHT_DOMAINS = ("rounding", "grid")
+MIN_SUMMARY_IMAGES = 256
 SCHEDULES = ("geometric", "linear", "blocks")
 CRITERIA = ("kl", "accuracy")
 
@@ -64,7 +65,10 @@ class LPConfig:
     faster at 576 weights x 256 rows), "grid" anywhere on the integer grid. `failing_only`
     builds raw-row LPs on failing repair images only (the paper's choice). A "match" LP of a
     neuron with more than `max_columns` inputs moves only the `max_columns` weights that best
-    explain the mismatch (Conv3's 12,544-input dense layer; None: every weight).
+    explain the mismatch (Conv3's 12,544-input dense layer; None: every weight). "match" rows
+    come from at most as many repair images as hold `summary_pixels` input pixels, and at
+    least MIN_SUMMARY_IMAGES (None: every image): recording a layer is a forward pass, and
+    large images give many positions each (2^20: all of 1,000 CIFAR images, 256 of ImageNet's).
     """
 
     hidden_formulation: str = "match"
@@ -80,6 +84,7 @@ class LPConfig:
     weight_domain: str = "rounding"
     failing_only: bool = False
     max_columns: int | None = 4096
+    summary_pixels: int | None = 2**20
 
     def __post_init__(self) -> None:
         _choice("hidden_formulation", self.hidden_formulation, formulation_names(output=False))
@@ -92,6 +97,13 @@ class LPConfig:
         if self.max_rows < 1 or self.hidden_rows < 1:
             raise QnnRepairError(f"max_rows and hidden_rows must be at least 1, got "
                                  f"{self.max_rows} and {self.hidden_rows}")
+
+    def summary_images(self, n_images: int, pixels_per_image: int) -> int:
+        """How many of `n_images` repair images a "match" layer records (summary_pixels)."""
+        if self.summary_pixels is None:
+            return n_images
+        budget = max(MIN_SUMMARY_IMAGES, self.summary_pixels // max(pixels_per_image, 1))
+        return min(n_images, budget)
 
     def options(self, qmax: int, qmin: int | None = None) -> dict[str, Any]:
         """The settings every LP problem of a layer with grid [qmin, qmax] takes (qmin
