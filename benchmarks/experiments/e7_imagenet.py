@@ -1,0 +1,212 @@
+"""E7 (the seed's ImageNet experiment): MobileNetV2 from the two deployed .tflite files.
+
+    python benchmarks/experiments/e7_imagenet.py [--files quant ptq] [--settings own w4a8 ...]
+        [--methods ...] [--n-repair 1000] [--n-validation 500] [--adaround-iters 1000]
+        [--fresh | --render]
+
+R: `sample1000` (one ImageNet image per class). V and T: drawn disjointly from `nips17` (V
+`--n-validation` images, T the rest; seed 0), so no decision sees T and V is held out.
+Settings:
+
+- `own`: each file at its own INT8, as deployed. "file" is the file unchanged; "qnnrepair" the
+  default repair of the file itself (`qnnrepair repair --quantized FILE.tflite`), written back
+  as a .tflite. Their V and T top-1 are LiteRT's (beside the simulation's).
+- `w4a8`, `w8a8-pt`, ...: the file's float reference (its dequantized weights, float
+  activations) re-quantized by qnnrepair's quantizer (per-channel weights unless `-pt`; first
+  and last layer at 8 bits); methods as in the bench (RTN, bias correction, SQuant, AdaRound,
+  qnnrepair, AdaRound + qnnrepair), numbers from the simulation.
+
+Each (file, setting) runs in a fresh subprocess. Its methods run in the order given, qnnrepair
+first: "peak MiB" is the process's ru_maxrss after the method, so it is that method's own peak
+for the first one and an upper bound for the others. CPU seconds include the RTN quantization
+a method starts from, and for "+qnnrepair" rows the method below it (as in the bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _shared import DEFAULT_SHARED, Clock, header, meta, results, write
+
+from qnnrepair.bench.config import BenchConfig
+from qnnrepair.bench.methods import get_method
+from qnnrepair.evaluation import accuracy
+from qnnrepair.formats.deployed import load_deployed, write_deployed
+from qnnrepair.formats.runtime import runtime_predictions
+from qnnrepair.pipeline import prepare_deployed, run_repair
+from qnnrepair.quantization import QuantConfig, quantize
+from qnnrepair.repair import preset
+
+NAME = "e7_imagenet"
+FILES = {"quant": "mobilenet_v2_1.0_224_quant.tflite",
+         "ptq": "tf2_mobilenet_v2_1.0_224_ptq.tflite"}
+SETTINGS = ("own", "w4a8", "w8a8-pt")
+METHODS = ("qnnrepair", "rtn", "bias_correction", "squant", "adaround", "adaround+qnnrepair")
+SPLITS = ("repair", "validation", "test")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--files", nargs="+", default=list(FILES), choices=FILES)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--n-repair", type=int, default=1000)
+    parser.add_argument("--n-validation", type=int, default=500)
+    parser.add_argument("--adaround-iters", type=int, default=1000)
+    parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
+    parser.add_argument("--render", action="store_true", help="only rewrite md/png from JSON")
+    parser.add_argument("--name", default=NAME)
+    parser.add_argument("--piece", nargs=2, metavar=("FILE", "SETTING"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.piece:
+        print(json.dumps(run_piece(args, *args.piece)))
+        return
+    rows = results(args.name, args.fresh)
+    m = meta(files=args.files, n_repair=args.n_repair, n_validation=args.n_validation,
+             adaround_iters=args.adaround_iters)
+    if not args.render:
+        for key in args.files:
+            for setting in args.settings:
+                if rows.has(file=key, setting=setting):
+                    continue
+                print(f"{key} {setting} ...", file=sys.stderr, flush=True)
+                for row in child(args, key, setting):
+                    rows.add(row, m)
+                    print(f"  {row['method']}: test {row['result']['test']:.2f}% "
+                          f"({row['cpu_s']:.0f} CPU s)", file=sys.stderr, flush=True)
+    render(rows.rows, m, args.name)
+
+
+def child(args, key: str, setting: str) -> list[dict]:
+    """One (file, setting) in a fresh process: its own peak memory, nothing cached."""
+    argv = [sys.executable, __file__, "--piece", key, setting, "--shared", str(args.shared),
+            "--n-repair", str(args.n_repair), "--n-validation", str(args.n_validation),
+            "--adaround-iters", str(args.adaround_iters), "--methods", *args.methods]
+    done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_piece(args, key: str, setting: str) -> list[dict]:
+    torch.set_num_threads(2)
+    path = args.shared / "models" / "imagenet" / FILES[key]
+    data = args.shared / "data" / "imagenet"
+    deployed = load_deployed(path)
+    work = prepare_deployed(deployed, data / "sample1000", data / "nips17",
+                            n_repair=args.n_repair, n_validation=args.n_validation, seed=0)
+    base = {"file": key, "setting": setting, "splits": work.splits.describe(),
+            "float": _accuracies(deployed.float_model, work)}
+    if setting == "own":
+        return [{**base, **row} for row in _own(deployed, work, args.methods)]
+    return [{**base, **row} for row in _requantized(work, setting, args)]
+
+
+def _own(deployed, work, methods) -> list[dict]:
+    """The file as deployed, and repaired; V and T also through LiteRT."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if "qnnrepair" in methods:
+            with Clock() as clock:
+                result = run_repair(work, None, preset("default"), quantized=deployed)
+            out = Path(tmp) / "repaired.tflite"
+            write_deployed(result.repaired, out)
+            rows.append(_row("qnnrepair", result.repaired.model, work, clock, out,
+                             changed=len(result.repairer.changes_)))
+        rows.append(_row("file", deployed.model, work, None, Path(deployed.path)))
+    return rows
+
+
+def _requantized(work, setting: str, args) -> list[dict]:
+    config = BenchConfig(methods=tuple(m for m in args.methods if "+" not in m),
+                         on_top=(), adaround_iters=args.adaround_iters)
+    with Clock() as clock:
+        rtn = quantize(work.model, QuantConfig.from_setting(setting), work.images("repair"),
+                       model_spec=work.model_spec, seed=0)
+    base_cpu = clock.cpu
+    rows, finished = [], {}
+    for name in args.methods:
+        first, _, stacked = name.partition("+")
+        start, extra = (finished[first] if stacked else (rtn, base_cpu))
+        with Clock() as clock:
+            model = get_method(stacked or first).run(start, work, setting, config)
+        finished[name] = (model, clock.cpu + extra)
+        row = _row(name, model.model, work, clock, None)
+        row["cpu_s"] += extra
+        rows.append(row)
+        print(f"  {name}: test {row['result']['test']:.2f}%", file=sys.stderr, flush=True)
+    return rows
+
+
+def _row(method: str, model, work, clock, runtime_file: Path | None, **extra) -> dict:
+    row = {"method": method, "result": _accuracies(model, work),
+           "cpu_s": clock.cpu if clock else 0.0, "wall_s": clock.wall if clock else 0.0,
+           "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+    if runtime_file is not None:
+        row["runtime"] = {}
+        for split in ("validation", "test"):
+            _, got = runtime_predictions(runtime_file, work.images(split))
+            row["runtime"][split] = 100.0 * float((got == work.labels(split).numpy()).mean())
+    return row
+
+
+def _accuracies(model, work) -> dict[str, float]:
+    return {s: accuracy(model, work.images(s), work.labels(s)) for s in SPLITS}
+
+
+def render(rows: list[dict], m: dict, name: str) -> None:
+    what = ("Top-1 (%) of MobileNetV2 on ImageNet images. R = sample1000 (one image per class), "
+            "V and T disjoint halves of nips17 (see the split line per block). `own`: the file's "
+            "own INT8, V/T through LiteRT (simulation beside it); other settings: the file's "
+            "float reference re-quantized by qnnrepair (simulation). CPU s include the RTN "
+            "model a method starts from and, for '+qnnrepair', the method below it.")
+    lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
+    blocks: dict[tuple, list[dict]] = {}
+    for r in rows:
+        blocks.setdefault((r["file"], r["setting"]), []).append(r)
+    for (key, setting), block in blocks.items():
+        f = block[0]["float"]
+        lines += [f"## {FILES[key]}, {setting}", "",
+                  f"Float reference: V {f['validation']:.2f}, T {f['test']:.2f}. "
+                  f"Splits: {block[0]['splits']}", "",
+                  "| method | V | T | V LiteRT | T LiteRT | R | CPU s | peak MiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in block:
+            rt = r.get("runtime", {})
+            lines.append(
+                f"| {r['method']} | {r['result']['validation']:.2f} | "
+                f"{r['result']['test']:.2f} | {_pct(rt.get('validation'))} | "
+                f"{_pct(rt.get('test'))} | {r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
+                f"{r['peak_mib']:.0f} |")
+        lines.append("")
+    write(name, "\n".join(lines) + "\n", lambda plt: _plot(plt, blocks))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _plot(plt, blocks):
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.6), squeeze=False)
+    for ax, ((key, setting), block) in zip(axes[0], blocks.items()):
+        names = [r["method"] for r in block]
+        ax.barh(names, [r["result"]["test"] for r in block], color="#4a7ab5")
+        ax.axvline(block[0]["float"]["test"], color="k", ls="--", lw=1, label="float")
+        ax.set_title(f"{key}, {setting}", fontsize=9)
+        ax.set_xlabel("test top-1 %")
+        ax.invert_yaxis()
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    main()
+    print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
