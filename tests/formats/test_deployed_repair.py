@@ -158,6 +158,29 @@ def test_tflite_repair_refuses_bad_arguments_in_one_line(tflite_case, tmp_path, 
         assert sorted(tmp_path.iterdir()) == listing, "something was written"
 
 
+@pytest.mark.parametrize("damage", ["float", "truncated", "unknown op"])
+def test_bad_tflite_file_is_one_line_exit_2_nothing_written(tflite_case, tmp_path, capsys,
+                                                            damage):
+    from .tflite_builder import tiny_model
+
+    _, train, test = tflite_case
+    bad = tmp_path / "bad.tflite"
+    if damage == "float":
+        bad.write_bytes(tiny_model("int8", float_weights=True))
+    elif damage == "truncated":
+        bad.write_bytes(tiny_model("int8")[:600])
+    else:
+        bad.write_bytes(tiny_model("int8", extra_op="TANH"))
+    before, listing = _digest(bad), sorted(tmp_path.iterdir())
+    code, _, err = _run(capsys, "repair", "--quantized", str(bad), "--data", str(train),
+                        "--test-data", str(test), "--output", str(tmp_path / "out.tflite"))
+    print(err)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert {"float": "float model", "truncated": "truncated",
+            "unknown op": "TANH"}[damage] in err
+    assert sorted(tmp_path.iterdir()) == listing and _digest(bad) == before
+
+
 def test_gradient_flows_through_the_integer_graph_without_changing_its_values(tflite_case):
     """Straight-through across every rounding: with autograd on, the graph computes the same
     integers, and blame reaches every hidden layer whose output deviates from the float one
