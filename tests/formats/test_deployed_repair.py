@@ -286,3 +286,47 @@ def test_onnx_model_without_its_float_model_is_refused(onnx_case, tmp_path, caps
                         str(tmp_path / "d.npz"), "--output", str(tmp_path / "r.onnx"))
     assert code == 2 and "--float-model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r.onnx").exists()
+
+
+# --- the shared MobileNetV2 files --------------------------------------------------------------
+
+IMAGENET = SHARED / "data" / "imagenet"
+MOBILENETS = SHARED / "models" / "imagenet"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MOBILENETS.is_dir() and IMAGENET.is_dir()),
+                    reason=f"shared ImageNet models/images not found under {SHARED}")
+@pytest.mark.parametrize("name", ["mobilenet_v2_1.0_224_quant.tflite",
+                                  "tf2_mobilenet_v2_1.0_224_ptq.tflite"])
+def test_repaired_mobilenet_predicts_in_litert_as_simulated(name, tmp_path):
+    """The most-blamed 32 neurons of a deployed MobileNetV2 repaired on 16 sample1000 images
+    (no guard), written back: on 30 nips17 images LiteRT predicts as the simulation does,
+    before and after the repair (200 images each before: tests/formats/test_tflite.py)."""
+    from qnnrepair.data import load_dataset
+    from qnnrepair.formats.deployed import write_deployed
+    from qnnrepair.formats.runtime import runtime_predictions
+    from qnnrepair.repair import Repairer, preset
+
+    _tflite_or_skip()
+    path = MOBILENETS / name
+    model = load_deployed(path)
+    repair = load_dataset(IMAGENET / "sample1000", split="train")
+    test = load_dataset(IMAGENET / "nips17", split="test")
+    x = _inputs(model, repair.images[:16])
+    y = torch.from_numpy(repair.labels[:16]).long() + 1  # output 0 is "background"
+    ranking = make_localizer("gradient", seed=0).fit(
+        model.float_model, model.model, model.layers[:-1], [(x[:8], y[:8]), (x[8:], y[8:])])
+    repaired, changes, _ = Repairer(preset("default")).repair_neurons(
+        model, ranking.ranking_[:32], x, y)
+    assert changes
+    out = tmp_path / "repaired.tflite"
+    assert write_deployed(repaired, out)
+
+    t = _inputs(model, test.images[:30])
+    for file, simulation in ((path, model), (out, repaired)):
+        simulation.model.return_logits = False
+        _, got = runtime_predictions(file, t)
+        want = predict(simulation.model, t).numpy()
+        print(f"{name} {file.name}: top-1 agreement with LiteRT {np.mean(got == want):.0%}")
+        assert np.array_equal(got, want)
