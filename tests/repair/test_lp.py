@@ -500,3 +500,28 @@ def test_match_keeps_the_columns_that_explain_the_mismatch_and_can_move():
     assert Match.columns(a, z, None, 8) is None  # narrow enough: every column
     assert Match.columns(a, z, None, 2).tolist() == [1, 2]  # |A'z| = 1, 2, 3, 0.4
     assert Match.columns(a, z, frozen, 3).tolist() == [0, 1, 2]
+
+
+def test_match_lp_of_a_neuron_with_constant_inputs_changes_no_weight():
+    """A layer whose inputs never vary on R (seen: channels dead after W4A8 on MobileNetV2)
+    has no direction to match: the match LP keeps its weights and still takes the mean
+    residual into the bias."""
+    from qnnrepair.repair.activations import LayerRecord
+    from qnnrepair.repair.config import LPConfig
+    from qnnrepair.repair.lp import LayerLP, get_formulation
+
+    n, fan_in = 64, 6
+    inputs = np.full((n, fan_in), 0.5)
+    record = LayerRecord(inputs, float_out=np.full((n, 2), 0.3), quant_out=np.zeros((n, 2)),
+                         image=np.arange(n), fan_in=fan_in, groups=1, out_channels=2)
+    weight = np.array([[1, -2, 3, 0, 1, 1], [0, 0, 1, 1, 1, 1]])
+    config = LPConfig()
+    layer = LayerLP(name="l", is_output=False, weight=weight, scale=np.array([0.1, 0.1]),
+                    bias=np.zeros(2), domain=None, target=np.zeros(n, np.int64),
+                    usable=np.ones(n, bool), failing=np.zeros(n, bool),
+                    record=lambda *_: record, n_rows=16, options=config.options(7),
+                    config=config, seed=0)
+    result = get_formulation("match", output=False).build(layer, (0,)).solve()
+    assert not np.any(result.delta_weight)
+    # residual 0.3 - 0.1 * (0.5 * 4) = 0.1 per row, all of it into the bias
+    assert float(result.delta_bias) == pytest.approx(0.1)

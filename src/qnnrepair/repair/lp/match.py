@@ -28,6 +28,8 @@ class Match(Formulation):
         weight, scale, bias = layer.weight[c], float(layer.scale[c]), float(layer.bias[c])
         residual = rows.float_out[:, c] - (scale * (rows.inputs[:, cols] @ weight) + bias)
         a, z = summary.rows, summary.rhs(residual)
+        if len(a) == 0:  # constant inputs (a dead channel): only the mean is left to match
+            a, z = np.zeros((1, a.shape[1])), np.zeros(1)
         # a(d) - target = s A (q + d) + bias - target = s A d - z: pass target accordingly
         target = scale * (a @ weight) + bias + z
         bounds = layer.delta_bounds(c)
