@@ -16,10 +16,11 @@ Settings:
   and last layer at 8 bits); methods as in the bench (RTN, bias correction, SQuant, AdaRound,
   qnnrepair, AdaRound + qnnrepair), numbers from the simulation.
 
-Each (file, setting) runs in a fresh subprocess. Its methods run in the order given, qnnrepair
-first: "peak MiB" is the process's ru_maxrss after the method, so it is that method's own peak
-for the first one and an upper bound for the others. CPU seconds include the RTN quantization
-a method starts from, and for "+qnnrepair" rows the method below it (as in the bench).
+Each (file, setting, method) runs in a fresh subprocess, so "peak MiB" (its ru_maxrss, data
+and models included) is that method's own; a row is saved as soon as its method finishes, and
+an interrupted run resumes with the methods not yet in the JSON. CPU seconds include the RTN
+quantization a method starts from, and for "+qnnrepair" rows the method below it (as in the
+bench), which that subprocess runs again.
 """
 
 from __future__ import annotations
@@ -76,21 +77,24 @@ def main() -> None:
     if not args.render:
         for key in args.files:
             for setting in args.settings:
-                if rows.has(file=key, setting=setting):
-                    continue
-                print(f"{key} {setting} ...", file=sys.stderr, flush=True)
-                for row in child(args, key, setting):
-                    rows.add(row, m)
-                    print(f"  {row['method']}: test {row['result']['test']:.2f}% "
-                          f"({row['cpu_s']:.0f} CPU s)", file=sys.stderr, flush=True)
+                methods = ["file", "qnnrepair"] if setting == "own" else args.methods
+                for method in methods:
+                    if rows.has(file=key, setting=setting, method=method):
+                        continue
+                    print(f"{key} {setting} {method} ...", file=sys.stderr, flush=True)
+                    for row in child(args, key, setting, method):
+                        rows.add(row, m)
+                        print(f"  {row['method']}: test {row['result']['test']:.2f}% "
+                              f"({row['cpu_s']:.0f} CPU s, {row['peak_mib']:.0f} MiB)",
+                              file=sys.stderr, flush=True)
     render(rows.rows, m, args.name)
 
 
-def child(args, key: str, setting: str) -> list[dict]:
-    """One (file, setting) in a fresh process: its own peak memory, nothing cached."""
+def child(args, key: str, setting: str, method: str) -> list[dict]:
+    """One method in a fresh process: its own peak memory, nothing cached."""
     argv = [sys.executable, __file__, "--piece", key, setting, "--shared", str(args.shared),
             "--n-repair", str(args.n_repair), "--n-validation", str(args.n_validation),
-            "--adaround-iters", str(args.adaround_iters), "--methods", *args.methods]
+            "--adaround-iters", str(args.adaround_iters), "--methods", method]
     done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -110,18 +114,16 @@ def run_piece(args, key: str, setting: str) -> list[dict]:
 
 
 def _own(deployed, work, methods) -> list[dict]:
-    """The file as deployed, and repaired; V and T also through LiteRT."""
-    rows = []
+    """The file as deployed ("file"), or repaired ("qnnrepair"); V and T also through LiteRT."""
+    if "qnnrepair" not in methods:
+        return [_row("file", deployed.model, work, None, Path(deployed.path))]
     with tempfile.TemporaryDirectory() as tmp:
-        if "qnnrepair" in methods:
-            with Clock() as clock:
-                result = run_repair(work, None, preset("default"), quantized=deployed)
-            out = Path(tmp) / "repaired.tflite"
-            write_deployed(result.repaired, out)
-            rows.append(_row("qnnrepair", result.repaired.model, work, clock, out,
-                             changed=len(result.repairer.changes_)))
-        rows.append(_row("file", deployed.model, work, None, Path(deployed.path)))
-    return rows
+        with Clock() as clock:
+            result = run_repair(work, None, preset("default"), quantized=deployed)
+        out = Path(tmp) / "repaired.tflite"
+        write_deployed(result.repaired, out)
+        return [_row("qnnrepair", result.repaired.model, work, clock, out,
+                     changed=len(result.repairer.changes_))]
 
 
 def _requantized(work, setting: str, args) -> list[dict]:
@@ -134,6 +136,10 @@ def _requantized(work, setting: str, args) -> list[dict]:
     rows, finished = [], {}
     for name in args.methods:
         first, _, stacked = name.partition("+")
+        if stacked and first not in finished:  # the method below, in this process too
+            with Clock() as clock:
+                below = get_method(first).run(rtn, work, setting, config)
+            finished[first] = (below, clock.cpu + base_cpu)
         start, extra = (finished[first] if stacked else (rtn, base_cpu))
         with Clock() as clock:
             model = get_method(stacked or first).run(start, work, setting, config)
