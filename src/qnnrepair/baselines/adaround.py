@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from qnnrepair.baselines.capture import check_calibration, collect_layer
 from qnnrepair.baselines.registry import register_baseline
 from qnnrepair.baselines.squant import scaled_weight
+from qnnrepair.evaluation import batch_size_for
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantConv2d, QuantizedModel
 
@@ -71,9 +72,10 @@ def adaround(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: 
              show_progress: bool = False, iters: int = 1000, batch_size: int = 32,
              reg_weight: float = 0.01, lr: float = 1e-3, beta_start: float = 20.0,
              beta_end: float = 2.0, warm_start: float = 0.2,
-             capture_batch_size: int = 250) -> QuantizedModel:
+             capture_batch_size: int | None = None) -> QuantizedModel:
     """A copy of `qmodel` with every layer's weight rounding learned by AdaRound."""
     images = check_calibration(calibration_images, "adaround")
+    capture_batch_size = capture_batch_size or batch_size_for(images, 250)
     out = qmodel.copy()
     bar = progress(list(enumerate(out.layers)), show_progress, desc="adaround")
     for index, name in bar:

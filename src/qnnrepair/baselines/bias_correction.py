@@ -23,6 +23,7 @@ import torch
 
 from qnnrepair.baselines.capture import channel_means, channel_sums, check_calibration, stream_layer
 from qnnrepair.baselines.registry import register_baseline
+from qnnrepair.evaluation import batch_size_for
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantizedModel
 from qnnrepair.quantization.modules import INT32_MAX
@@ -32,10 +33,11 @@ logger = logging.getLogger(__name__)
 
 @register_baseline("bias_correction")
 def bias_correction(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: int = 0,
-                    show_progress: bool = False, batch_size: int = 250) -> QuantizedModel:
+                    show_progress: bool = False, batch_size: int | None = None) -> QuantizedModel:
     """A copy of `qmodel` whose int32 biases make every channel's mean pre-activation on
     `calibration_images` match the float model's (within half a bias step)."""
     images = check_calibration(calibration_images, "bias_correction")
+    batch_size = batch_size or batch_size_for(images, 250)
     out = qmodel.copy()
     float_means = channel_means(qmodel.float_model,
                                 {n: qmodel.float_layer(n) for n in qmodel.layers}, images,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.evaluation import batch_size_for
 from qnnrepair.hooks import on_forward
 from qnnrepair.progress import progress
 from qnnrepair.quantization.config import QuantConfig
@@ -119,7 +120,7 @@ def calibrate(model: nn.Module, layers: list[str], images: torch.Tensor, batch_s
 
 
 def quantize(model: nn.Module, config: QuantConfig, calibration_images: torch.Tensor, *,
-             model_spec: str | None = None, batch_size: int = 250, seed: int = 0,
+             model_spec: str | None = None, batch_size: int | None = None, seed: int = 0,
              show_progress: bool = False) -> QuantizedModel:
     """Fold BatchNorm, calibrate activation ranges and quantize every Conv2d/Linear.
 
@@ -132,6 +133,7 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_images: torch.Te
     layers = forward_order(float_model, example)
     if not layers:
         raise QnnRepairError("model has no Conv2d or Linear layer to quantize")
+    batch_size = batch_size or batch_size_for(calibration_images, 250)
     observers = calibrate(float_model, layers, calibration_images, batch_size, seed, show_progress)
     quant_model = copy.deepcopy(float_model)
     for position, name in enumerate(layers):
