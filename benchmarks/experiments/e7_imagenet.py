@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def child(args, key: str, setting: str, method: str) -> list[dict]:
 
 
 def run_piece(args, key: str, setting: str) -> list[dict]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(2)
     path = args.shared / "models" / "imagenet" / FILES[key]
     data = args.shared / "data" / "imagenet"
