@@ -74,20 +74,9 @@ def tflite_case(request, tmp_path):
 
 
 def _differing_bytes_are_weights_and_biases(original: Path, repaired: Path) -> int:
-    from qnnrepair.formats.tflite import load_tflite, read_tflite
+    from .tflite_builder import differing_bytes
 
-    source, model = read_tflite(original), load_tflite(original)
-    allowed = set()
-    for name in model.layers:
-        layer = model.layer(name)
-        for index in (layer.weight_tensor, layer.bias_tensor):
-            if index is not None:
-                t = source.tensors[index]
-                allowed.update(range(t.data_start, t.data_start + t.data.nbytes))
-    a = np.frombuffer(original.read_bytes(), np.uint8)
-    b = np.frombuffer(repaired.read_bytes(), np.uint8)
-    assert len(a) == len(b)
-    differing = set(np.flatnonzero(a != b).tolist())
+    differing, allowed = differing_bytes(original, repaired)
     assert differing <= allowed, "bytes outside the weight/bias buffers changed"
     return len(differing)
 

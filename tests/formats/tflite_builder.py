@@ -8,6 +8,8 @@ int8 per-channel ("int8") or uint8 per-tensor with weight zero points ("uint8").
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import flatbuffers
 import numpy as np
 import tflite
@@ -211,3 +213,22 @@ def tiny_model(kind: str = "int8", seed: int = 0, float_weights: bool = False,
     final = m.tensor([1, 5], "float32")
     m.op("DEQUANTIZE", [out], [final])
     return m.build([pixels], [final])
+
+
+def differing_bytes(original, written, layers=None) -> tuple[set[int], set[int]]:
+    """Offsets where `written` differs from the .tflite file `original`, and the offsets of
+    the weight and bias buffers of `layers` (default: every quantized layer) in it."""
+    from qnnrepair.formats.tflite import load_tflite, read_tflite
+
+    source, model = read_tflite(original), load_tflite(original)
+    allowed = set()
+    for name in model.layers if layers is None else layers:
+        layer = model.layer(name)
+        for index in (layer.weight_tensor, layer.bias_tensor):
+            if index is not None:
+                t = source.tensors[index]
+                allowed.update(range(t.data_start, t.data_start + t.data.nbytes))
+    a = np.frombuffer(Path(original).read_bytes(), np.uint8)
+    b = np.frombuffer(Path(written).read_bytes(), np.uint8)
+    assert len(a) == len(b), "the written file has another length"
+    return set(np.flatnonzero(a != b).tolist()), allowed
