@@ -51,7 +51,8 @@ NAME = "e7_imagenet"
 FILES = {"quant": "mobilenet_v2_1.0_224_quant.tflite",
          "ptq": "tf2_mobilenet_v2_1.0_224_ptq.tflite"}
 SETTINGS = ("own", "w4a8", "w8a8-pt")
-METHODS = ("qnnrepair", "rtn", "bias_correction", "squant", "adaround", "adaround+qnnrepair")
+METHODS = ("file", "qnnrepair", "rtn", "bias_correction", "squant", "adaround",
+           "adaround+qnnrepair")  # "file" (the file as it is) only in the setting "own"
 SPLITS = ("repair", "validation", "test")
 
 
@@ -78,7 +79,8 @@ def main() -> None:
     if not args.render:
         for key in args.files:
             for setting in args.settings:
-                methods = ["file", "qnnrepair"] if setting == "own" else args.methods
+                methods = ([m for m in args.methods if m in ("file", "qnnrepair")]
+                           if setting == "own" else [m for m in args.methods if m != "file"])
                 for method in methods:
                     if rows.has(file=key, setting=setting, method=method):
                         continue
