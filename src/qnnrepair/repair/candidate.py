@@ -105,6 +105,7 @@ def layer_lp(qmodel: QuantizedModel, name: str, images: torch.Tensor, targets: T
     """Layer `name` of the candidate as the formulations see it; rows recorded on demand."""
     layer, lp = qmodel.layer(name), config.lp
     is_output = name == qmodel.layers[-1]
+    qmin, qmax = grid(layer)
     recorded: dict[tuple, LayerRecord] = {}
 
     def record(n_samples: int, max_images: int | None) -> LayerRecord:
@@ -127,7 +128,7 @@ def layer_lp(qmodel: QuantizedModel, name: str, images: torch.Tensor, targets: T
         domain=weight_domain(qmodel, name) if lp.weight_domain == "rounding" else None,
         target=targets.label, usable=targets.usable, failing=targets.failing,
         record=record, n_rows=lp.max_rows if is_output else lp.hidden_rows,
-        options=lp.options(*reversed(grid(layer))), config=lp, seed=config.seed)
+        options=lp.options(qmax, qmin), config=lp, seed=config.seed)
 
 
 def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_rows: int,
