@@ -12,11 +12,12 @@ from qnnrepair.progress import progress
 BATCH_ELEMENTS = 500 * 3 * 32 * 32
 
 
-def batch_size_for(images: torch.Tensor, limit: int = 500) -> int:
+def batch_size_for(images: torch.Tensor, limit: int = 500,
+                   elements: int = BATCH_ELEMENTS) -> int:
     """How many of `images` go through a model at once: at most `limit`, fewer for large
-    images (see BATCH_ELEMENTS)."""
+    images (at most `elements` input elements, see BATCH_ELEMENTS)."""
     per_image = images[0].numel() if len(images) else 1
-    return max(1, min(limit, BATCH_ELEMENTS // per_image))
+    return max(1, min(limit, elements // per_image))
 
 
 @torch.no_grad()

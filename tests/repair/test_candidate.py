@@ -158,3 +158,37 @@ def test_repairer_solves_each_lp_key_once_per_fit(case):
     print(f"{len(repairer.steps_)} candidates, {backend.n_problems} LPs, {len(keys)} keys")
     assert len(repairer.steps_) >= 2, "the case must try more than one candidate"
     assert backend.n_problems == len(keys) == sum(s.n_lps for s in repairer.steps_)
+
+
+def test_one_pass_candidate_equals_a_pass_per_layer(case, monkeypatch):
+    """Layers with "match" LPs are recorded and repaired inside one forward pass; with the
+    pass switched off (a pass per layer, as for formulations that record other rows) the
+    candidate is the same, integer for integer, from the same LPs."""
+    from qnnrepair.repair.lp.match import Match
+
+    qmodel, images, targets, config = case
+    neurons = [Neuron("conv1", 0), Neuron("conv1", 3), Neuron("conv2", 1), Neuron("conv2", 5)]
+    one_pass, changes, solved = build_candidate(qmodel, neurons, images, targets, config,
+                                                RecordingBackend(), FitCache())
+    monkeypatch.setattr(Match, "pass_rows", False)
+    per_layer, changes_2, solved_2 = build_candidate(qmodel, neurons, images, targets, config,
+                                                     RecordingBackend(), FitCache())
+    assert len(solved) == len(solved_2) == 4
+    assert changes, "no neuron changed: the comparison would be empty"
+    timeless = [({**c.to_dict(), "solve_seconds": 0} for c in cs) for cs in (changes, changes_2)]
+    assert list(timeless[0]) == list(timeless[1])
+    for key, value in one_pass.integer_state().items():
+        assert torch.equal(value, per_layer.integer_state()[key]), key
+
+
+def test_a_pass_stops_for_a_layer_that_records_its_own_rows(case):
+    """Hidden "sign" LPs record raw rows by a pass of their own; a candidate mixing them with
+    the output layer's margin LP still repairs every layer in order."""
+    qmodel, images, targets, _ = case
+    config = preset("default", n_workers=1, max_rows=100, hidden_rows=64, summary_samples=512,
+                    hidden_formulation="sign", layers="all")
+    neurons = [Neuron("conv2", 1), Neuron("linear", 0)]
+    candidate, _, solved = build_candidate(qmodel, neurons, images, targets, config,
+                                           RecordingBackend(), FitCache())
+    assert len(solved) == 2
+    assert candidate.layers == qmodel.layers

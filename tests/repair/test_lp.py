@@ -512,8 +512,8 @@ def test_match_lp_of_a_neuron_with_constant_inputs_changes_no_weight():
 
     n, fan_in = 64, 6
     inputs = np.full((n, fan_in), 0.5)
-    record = LayerRecord(inputs, float_out=np.full((n, 2), 0.3), quant_out=np.zeros((n, 2)),
-                         image=np.arange(n), fan_in=fan_in, groups=1, out_channels=2)
+    record = LayerRecord(inputs, float_out=np.full((n, 2), 0.3), image=np.arange(n),
+                         fan_in=fan_in, groups=1, out_channels=2)
     weight = np.array([[1, -2, 3, 0, 1, 1], [0, 0, 1, 1, 1, 1]])
     config = LPConfig()
     layer = LayerLP(name="l", is_output=False, weight=weight, scale=np.array([0.1, 0.1]),

@@ -99,7 +99,8 @@ def test_paper_preset_touches_only_the_last_layer():
 
 def test_geometric_schedule_ends_with_every_neuron():
     repairer = Repairer(preset("default", growth=4))
-    assert repairer.schedule(70) == [1, 4, 16, 64, 70]
+    assert repairer.schedule(70) == [1, 4, 16, 70]  # 64 of 70 would cost as much as 70
+    assert repairer.schedule(128) == [1, 4, 16, 64, 128]
     assert repairer.schedule(64) == [1, 4, 16, 64]
     assert Repairer(preset("paper")).schedule(3) == [1, 2, 3]
 

@@ -1,9 +1,10 @@
 """One candidate of the acceptance loop: the quantized model with a set of neurons repaired.
 
 Layers are repaired in forward order, each layer's LPs built on the inputs that the repaired
-earlier layers give it. An LP depends only on its layer, its neurons and which neurons upstream
-were repaired, so its result is cached under that key (in a FitCache owned by one fit) and
-reused by every larger candidate.
+earlier layers give it (in one forward pass of the candidate where the formulations allow).
+An LP depends only on its layer, its neurons and which neurons upstream were repaired, so its
+result is cached under that key (in a FitCache owned by one fit) and reused by every larger
+candidate.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import predict
 from qnnrepair.neurons import Neuron
 from qnnrepair.outcomes import outcomes
 from qnnrepair.quantization import QuantizedModel
-from qnnrepair.repair.activations import LayerRecord, record_layers
+from qnnrepair.repair.activations import (
+    LayerRecord,
+    layer_record,
+    record_float_rows,
+    record_in_pass,
+    record_layers,
+)
 from qnnrepair.repair.config import RepairConfig
-from qnnrepair.repair.lp import LayerLP, LPBackend, LPResult, get_formulation
+from qnnrepair.repair.lp import Formulation, LayerLP, LPBackend, LPResult, get_formulation
 
 
 @dataclass
@@ -59,37 +67,172 @@ class Targets:
 @dataclass
 class FitCache:
     """What one fit reuses across candidates: solved LPs by (layer, neurons, upstream), and
-    each layer's float rows (the float model never changes)."""
+    each layer's float rows by (layer, rows, images) (the float model never changes)."""
 
     results: dict[tuple, LPResult] = field(default_factory=dict)
-    float_rows: dict[str, np.ndarray] = field(default_factory=dict)
+    float_rows: dict[tuple, np.ndarray] = field(default_factory=dict)
 
 
 def build_candidate(qmodel: QuantizedModel, neurons: list[Neuron], images: torch.Tensor,
                     targets: Targets, config: RepairConfig, backend: LPBackend,
                     cache: FitCache) -> tuple[QuantizedModel, list[NeuronChange], list[LPResult]]:
     """`qmodel` with `neurons` repaired; its changes and the LPs solved for it."""
-    candidate = qmodel.copy()
-    changes, solved, upstream = [], [], frozenset()
+    build = _Build(qmodel.copy(), images, targets, config, backend, cache)
+    build.run(plan(qmodel, neurons, config))
+    return build.candidate, build.changes, build.solved
+
+
+@dataclass
+class LayerStep:
+    """One layer of a candidate: its neurons, the LPs they fall into, and the neurons
+    repaired upstream of it (part of each LP's cache key: they change its inputs)."""
+
+    name: str
+    indices: list[int]
+    formulation: Formulation
+    keys: list[tuple]
+
+    @property
+    def owners(self) -> list[tuple[int, ...]]:
+        return [key[1] for key in self.keys]
+
+
+def plan(qmodel: QuantizedModel, neurons: list[Neuron], config: RepairConfig) -> list[LayerStep]:
+    """The layers of a candidate in forward order."""
+    steps, upstream = [], frozenset()
     for name, indices in by_layer(qmodel, neurons).items():
         is_output = name == qmodel.layers[-1]
-        lp = config.lp
-        formulation = get_formulation(lp.output_formulation if is_output else
-                                      lp.hidden_formulation, output=is_output)
-        owners = formulation.owners(indices)
-        keys = [(name, owner, upstream) for owner in owners]
-        missing = [(key, owner) for key, owner in zip(keys, owners) if key not in cache.results]
-        if missing:
-            layer = layer_lp(candidate, name, images, targets, config, cache)
-            results = backend.solve([formulation.build(layer, owner) for _, owner in missing])
-            cache.results.update(zip((key for key, _ in missing), results))
-            solved += results
-        for key in keys:
-            result = cache.results[key]
-            if result.objective_rounded < result.objective_unchanged:
-                changes += apply_result(candidate, name, list(key[1]), result)
+        formulation = get_formulation(config.lp.output_formulation if is_output else
+                                      config.lp.hidden_formulation, output=is_output)
+        keys = [(name, owner, upstream) for owner in formulation.owners(indices)]
+        steps.append(LayerStep(name, indices, formulation, keys))
         upstream = upstream | {(name, i) for i in indices}
-    return candidate, changes, solved
+    return steps
+
+
+class _Build:
+    """A candidate under construction. Layers are repaired in forward order; each layer whose
+    LPs are not cached needs its rows recorded on the candidate as repaired so far. Layers
+    whose formulation records the summary rows (`pass_rows`) are recorded and repaired inside
+    one forward pass (activations.record_in_pass): one pass per candidate instead of one per
+    layer, which is what a 52-layer ImageNet network needs. Any other layer is recorded by a
+    pass of its own."""
+
+    def __init__(self, candidate: QuantizedModel, images: torch.Tensor, targets: Targets,
+                 config: RepairConfig, backend: LPBackend, cache: FitCache) -> None:
+        self.candidate, self.images, self.targets = candidate, images, targets
+        self.config, self.backend, self.cache = config, backend, cache
+        self.changes: list[NeuronChange] = []
+        self.solved: list[LPResult] = []
+
+    def run(self, steps: list[LayerStep]) -> None:
+        i = 0
+        while i < len(steps):
+            step = steps[i]
+            if not self.missing(step):
+                self.finish(step, None)
+                i += 1
+            elif not step.formulation.pass_rows:
+                self.finish(step, self.own_record(step.name))
+                i += 1
+            else:  # a pass through the layers up to the next one that needs a pass of its own
+                j = i
+                while j < len(steps) and (steps[j].formulation.pass_rows
+                                          or not self.missing(steps[j])):
+                    j += 1
+                last = max(k for k in range(i, j) if self.missing(steps[k]))
+                self.in_pass(steps[i:last + 1])
+                i = last + 1
+
+    def missing(self, step: LayerStep) -> list[tuple]:
+        return [key for key in step.keys if key not in self.cache.results]
+
+    def finish(self, step: LayerStep, record) -> None:
+        """Solve the layer's LPs that are not cached and apply all of them."""
+        missing = self.missing(step)
+        if missing:
+            layer = layer_lp(self.candidate, step.name, self.targets, self.config, record)
+            results = self.backend.solve([step.formulation.build(layer, key[1])
+                                          for key in missing])
+            self.cache.results.update(zip(missing, results))
+            self.solved += results
+        for key in step.keys:
+            result = self.cache.results[key]
+            if result.objective_rounded < result.objective_unchanged:
+                self.changes += apply_result(self.candidate, step.name, list(key[1]), result)
+
+    def in_pass(self, steps: list[LayerStep]) -> None:
+        lp, seed = self.config.lp, self.config.seed
+        n_rows = lp.summary_samples
+        chosen = spread(len(self.images), lp.summary_images(len(self.images),
+                                                            self.images[0, 0].numel()))
+        subset = self.images[torch.from_numpy(chosen)]
+        rows_key = (n_rows, len(chosen))
+        names = [step.name for step in steps]
+        absent = [s.name for s in steps if self.missing(s)
+                  and (s.name, rows_key) not in self.cache.float_rows]
+        if absent:
+            found = record_float_rows(self.candidate, absent, subset, n_rows, seed)
+            self.cache.float_rows.update({(name, rows_key): rows for name, rows in found.items()})
+        by_name, visited = dict(zip(names, steps)), []
+
+        def visit(name: str, rows) -> None:
+            layer = self.candidate.layer(name)
+
+            def record(n_samples: int, max_images: int | None) -> LayerRecord:
+                if (n_samples, max_images) != (n_rows, None):
+                    raise QnnRepairError(
+                        f"formulation {by_name[name].formulation.name!r} records rows "
+                        f"({n_samples}, {max_images}) but is marked pass_rows: it may record "
+                        f"only (summary_samples, None)")
+                inputs, image = rows()
+                return layer_record(layer, inputs, chosen[image],
+                                    self.cache.float_rows[(name, rows_key)])
+
+            self.finish(by_name[name], _once(record))
+            visited.append(name)
+
+        record_in_pass(self.candidate, names, subset, n_rows, seed, visit, stop=names[-1])
+        if visited != names:
+            raise QnnRepairError(f"the forward pass reached layers {visited} of {names}: the "
+                                 "model's layers are not in the order it runs them")
+
+    def own_record(self, name: str):
+        """Rows of layer `name` recorded by a pass of their own, for any (rows, images)."""
+        lp, seed = self.config.lp, self.config.seed
+
+        def record(n_samples: int, max_images: int | None) -> LayerRecord:
+            if max_images is None:
+                max_images = lp.summary_images(len(self.images), self.images[0, 0].numel())
+            chosen = spread(len(self.images), max_images)
+            key = (name, (n_samples, len(chosen)))
+            known = {name: self.cache.float_rows[key]} if key in self.cache.float_rows else None
+            found = record_layers(self.candidate, [name], self.images[torch.from_numpy(chosen)],
+                                  n_samples, seed, float_out=known)[name]
+            self.cache.float_rows.setdefault(key, found.float_out)
+            found.image = chosen[found.image]
+            return found
+
+        return _once(record)
+
+
+def _once(record):
+    """`record` computed once per argument pair."""
+    done: dict[tuple, LayerRecord] = {}
+
+    def cached(n_samples: int, max_images: int | None) -> LayerRecord:
+        if (n_samples, max_images) not in done:
+            done[(n_samples, max_images)] = record(n_samples, max_images)
+        return done[(n_samples, max_images)]
+
+    return cached
+
+
+def spread(n_images: int, n_chosen: int) -> np.ndarray:
+    """Indices of `n_chosen` of `n_images` images spread evenly over them: recording is a
+    forward pass, and a few hundred images with several positions each cover the inputs well."""
+    n_chosen = min(n_chosen, n_images)
+    return np.unique(np.linspace(0, n_images - 1, n_chosen).round().astype(np.int64))
 
 
 def by_layer(qmodel: QuantizedModel, neurons: list[Neuron]) -> dict[str, list[int]]:
@@ -100,26 +243,12 @@ def by_layer(qmodel: QuantizedModel, neurons: list[Neuron]) -> dict[str, list[in
     return grouped
 
 
-def layer_lp(qmodel: QuantizedModel, name: str, images: torch.Tensor, targets: Targets,
-             config: RepairConfig, cache: FitCache) -> LayerLP:
-    """Layer `name` of the candidate as the formulations see it; rows recorded on demand."""
+def layer_lp(qmodel: QuantizedModel, name: str, targets: Targets, config: RepairConfig,
+             record) -> LayerLP:
+    """Layer `name` of the candidate as the formulations see it; `record` gives its rows."""
     layer, lp = qmodel.layer(name), config.lp
     is_output = name == qmodel.layers[-1]
     qmin, qmax = grid(layer)
-    recorded: dict[tuple, LayerRecord] = {}
-
-    def record(n_samples: int, max_images: int | None) -> LayerRecord:
-        key = (n_samples, max_images)
-        if key not in recorded:
-            if max_images is None:
-                max_images = lp.summary_images(len(images), images[0, 0].numel())
-            r = record_subset(qmodel, name, images, n_samples, config.seed,
-                              max_images=max_images,
-                              float_out=cache.float_rows)
-            cache.float_rows.setdefault(name, r.float_out)
-            recorded[key] = r
-        return recorded[key]
-
     return LayerLP(
         name=name, is_output=is_output,
         weight=layer.weight_int.reshape(layer.out_features, -1).numpy().astype(np.int64),
@@ -129,20 +258,6 @@ def layer_lp(qmodel: QuantizedModel, name: str, images: torch.Tensor, targets: T
         target=targets.label, usable=targets.usable, failing=targets.failing,
         record=record, n_rows=lp.max_rows if is_output else lp.hidden_rows,
         options=lp.options(qmax, qmin), config=lp, seed=config.seed)
-
-
-def record_subset(qmodel: QuantizedModel, name: str, images: torch.Tensor, n_rows: int,
-                  seed: int, max_images: int,
-                  float_out: dict[str, np.ndarray] | None = None) -> LayerRecord:
-    """Record about `n_rows` rows of layer `name` from at most `max_images` images spread
-    evenly over the repair set: the forward passes are the slowest part of a repair, and a few
-    hundred images with several positions each cover the inputs well."""
-    n_images = min(max_images, len(images))
-    chosen = np.unique(np.linspace(0, len(images) - 1, n_images).round().astype(np.int64))
-    record = record_layers(qmodel, [name], images[torch.from_numpy(chosen)], n_rows, seed,
-                           float_out=float_out)[name]
-    record.image = chosen[record.image]
-    return record
 
 
 def grid(layer) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from qnnrepair.repair.lp.backend import BACKENDS
 
 CONFIG_VERSION = 2  # 1: the flat RepairConfig of qnnrepair 0.1 (22 fields)
 WEIGHT_DOMAINS = ("rounding", "grid")
-MIN_SUMMARY_IMAGES = 256
+MIN_SUMMARY_IMAGES = 64
 SCHEDULES = ("geometric", "linear", "blocks")
 CRITERIA = ("kl", "accuracy")
 
@@ -67,8 +67,10 @@ class LPConfig:
     neuron with more than `max_columns` inputs moves only the `max_columns` weights that best
     explain the mismatch (Conv3's 12,544-input dense layer; None: every weight). "match" rows
     come from at most as many repair images as hold `summary_pixels` input pixels, and at
-    least MIN_SUMMARY_IMAGES (None: every image): recording a layer is a forward pass, and
-    large images give many positions each (2^20: all of 1,000 CIFAR images, 256 of ImageNet's).
+    least MIN_SUMMARY_IMAGES (None: every image): a candidate records them in one forward pass
+    over those images as a single batch, whose activations they bound, and large images give
+    many positions each (2^20: all of 1,000 CIFAR images, 64 of ImageNet's, about 1.5 GiB of
+    MobileNetV2 activations).
     """
 
     hidden_formulation: str = "match"
@@ -126,9 +128,9 @@ class LPConfig:
 class AcceptanceConfig:
     """Which candidates are tried and kept. With `schedule` "geometric" or "linear",
     candidate N repairs the top-N neurons of the ranking on the quantized model, for N growing
-    as 1, g, g^2, ..., all (g = `growth`) or 1, 2, 3, ...; with "blocks", each candidate
-    repairs the next `block_fraction` of the ranking on top of the best model so far, so every
-    LP is solved once. Up to `max_neurons`, within `time_budget_s` (off by default: a
+    as 1, g, g^2, ... (up to half of all), all (g = `growth`) or 1, 2, 3, ...; with "blocks",
+    each candidate repairs the next `block_fraction` of the ranking on top of the best model so
+    far, so every LP is solved once. Up to `max_neurons`, within `time_budget_s` (off by default: a
     wall-clock budget makes the result depend on the machine's load, and the same inputs and
     seed must give the same model).
 
@@ -177,8 +179,10 @@ class AcceptanceConfig:
             return list(range(block, n_neurons, block)) + [n_neurons] if n_neurons else []
         if self.schedule == "linear":
             return list(range(1, n_neurons + 1))
+        # A candidate of more than half of all the neurons costs nearly as much as all of them
+        # (17,000 on MobileNetV2: 16,384 and then all), so the last step is at least 2x.
         sizes, n = [], 1
-        while n < n_neurons:
+        while 2 * n <= n_neurons:
             sizes.append(n)
             n *= self.growth
         return sizes + [n_neurons] if n_neurons else []

@@ -93,10 +93,13 @@ class LayerLP:
 
 
 class Formulation:
-    """Builds the LPs of one layer. Subclasses set `output_only` if they need class labels."""
+    """Builds the LPs of one layer. Subclasses set `output_only` if they need class labels,
+    and `pass_rows` if `build` records only `record(config.summary_samples, None)`: such
+    layers are recorded together, in one forward pass of the candidate."""
 
     name: ClassVar[str] = ""
     output_only: ClassVar[bool] = False
+    pass_rows: ClassVar[bool] = False
 
     def owners(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
         """The neurons of each LP: one LP per neuron unless a formulation says otherwise."""

@@ -15,6 +15,8 @@ from qnnrepair.repair.lp.neuron import NeuronProblem
 
 @register_formulation("match")
 class Match(Formulation):
+    pass_rows = True
+
     def build(self, layer: LayerLP, owner: tuple[int, ...]) -> NeuronProblem:
         from qnnrepair.repair.summary import RowSummary  # torch: only where problems are built
 
