@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import torch
 from _shared import DEFAULT_SHARED, Clock, header, meta, results, write
+from common import git_revision
 
 from qnnrepair.bench.config import BenchConfig
 from qnnrepair.bench.methods import get_method
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--n-validation", type=int, default=500)
     parser.add_argument("--adaround-iters", type=int, default=1000)
     parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
+    parser.add_argument("--redo", action="store_true",
+                        help="run the chosen methods again, replacing their earlier rows")
     parser.add_argument("--render", action="store_true", help="only rewrite md/png from JSON")
     parser.add_argument("--name", default=NAME)
     parser.add_argument("--piece", nargs=2, metavar=("FILE", "SETTING"), help=argparse.SUPPRESS)
@@ -74,6 +78,9 @@ def main() -> None:
         print(json.dumps(run_piece(args, *args.piece)))
         return
     rows = results(args.name, args.fresh)
+    if args.redo:
+        rows.rows = [r for r in rows.rows if not (r["file"] in args.files and r["setting"]
+                                                  in args.settings and r["method"] in args.methods)]
     m = meta(files=args.files, n_repair=args.n_repair, n_validation=args.n_validation,
              adaround_iters=args.adaround_iters)
     if not args.render:
@@ -158,7 +165,8 @@ def _requantized(work, setting: str, args) -> list[dict]:
 def _row(method: str, model, work, clock, runtime_file: Path | None, **extra) -> dict:
     row = {"method": method, "result": _accuracies(model, work),
            "cpu_s": clock.cpu if clock else 0.0, "wall_s": clock.wall if clock else 0.0,
-           "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+           "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "revision": git_revision(), "load": os.getloadavg()[0], **extra}
     if runtime_file is not None:
         row["runtime"] = {}
         for split in ("validation", "test"):
@@ -186,17 +194,23 @@ def render(rows: list[dict], m: dict, name: str) -> None:
         lines += [f"## {FILES[key]}, {setting}", "",
                   f"Float reference: V {f['validation']:.2f}, T {f['test']:.2f}. "
                   f"Splits: {block[0]['splits']}", "",
-                  "| method | V | T | V LiteRT | T LiteRT | R | CPU s | peak MiB |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | V | T | V LiteRT | T LiteRT | R | CPU s | wall s | peak MiB | "
+                  "revision, load |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in block:
             rt = r.get("runtime", {})
             lines.append(
                 f"| {r['method']} | {r['result']['validation']:.2f} | "
                 f"{r['result']['test']:.2f} | {_pct(rt.get('validation'))} | "
                 f"{_pct(rt.get('test'))} | {r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
-                f"{r['peak_mib']:.0f} |")
+                f"{r['wall_s']:.0f} | {r['peak_mib']:.0f} | "
+                f"{r.get('revision', '-')}, {_load(r.get('load'))} |")
         lines.append("")
     write(name, "\n".join(lines) + "\n", lambda plt: _plot(plt, blocks))
+
+
+def _load(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _pct(value) -> str:

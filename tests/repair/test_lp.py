@@ -525,3 +525,27 @@ def test_match_lp_of_a_neuron_with_constant_inputs_changes_no_weight():
     assert not np.any(result.delta_weight)
     # residual 0.3 - 0.1 * (0.5 * 4) = 0.1 per row, all of it into the bias
     assert float(result.delta_bias) == pytest.approx(0.1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n_rows=st.integers(2, 40), n_cols=st.integers(1, 30))
+def test_presolve_off_reaches_the_same_optimum(seed, n_rows, n_cols):
+    """"match" relaxations skip HiGHS's presolve (faster on their dense rows): the optimum
+    of a dense L1 regression over a box is the same with and without it."""
+    from qnnrepair.repair.lp.highs import HighsSolver, SparseLP
+
+    rng = np.random.default_rng(seed)
+    a, z = rng.normal(size=(n_rows, n_cols)), rng.normal(size=n_rows)
+    # min sum(r+ + r-) s.t. a d - r+ + r- = z, d in [-1, 1]^n, r+-, >= 0
+    dense = np.hstack([a, -np.eye(n_rows), np.eye(n_rows)])
+    rows, cols = np.nonzero(dense)
+    lp = SparseLP.from_triplets(
+        rows, cols, dense[rows, cols], n_rows,
+        col_cost=np.r_[np.zeros(n_cols), np.ones(2 * n_rows)],
+        col_lower=np.r_[-np.ones(n_cols), np.zeros(2 * n_rows)],
+        col_upper=np.r_[np.ones(n_cols), np.full(2 * n_rows, np.inf)],
+        row_lower=z, row_upper=z, integer=np.zeros(n_cols + 2 * n_rows, bool))
+    with_presolve = HighsSolver(lp).run()
+    without = HighsSolver(lp, presolve=False).run()
+    assert with_presolve.status == without.status == "optimal"
+    assert without.objective == pytest.approx(with_presolve.objective, rel=1e-7, abs=1e-9)

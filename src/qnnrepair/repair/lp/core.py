@@ -211,13 +211,14 @@ def _point(layout: _Layout, core: Core, d: np.ndarray, x_extra: np.ndarray) -> n
 
 
 def solve_core(core: Core, *, norm: str, lam_internal: float, integer: bool, time_limit,
-           solver: str, l1_split: bool = True) -> Solved:
+           solver: str, l1_split: bool = True, presolve: bool = True) -> Solved:
     """Solve the LP relaxation, round d to the grid, re-fit the bias deltas; for a MILP, go on
-    from the better of "no change" and that rounded point, in the time left."""
+    from the better of "no change" and that rounded point, in the time left. `presolve=False`
+    skips HiGHS's presolve for the relaxation (dense LPs where it finds nothing to remove)."""
     layout = _assemble(core, norm, lam_internal, l1_split)
     lp = layout.lp
     started = time.perf_counter()
-    relaxed = HighsSolver(lp, solver=solver, time_limit=time_limit).run()
+    relaxed = HighsSolver(lp, solver=solver, time_limit=time_limit, presolve=presolve).run()
     seconds = relaxed.seconds
     n_d = len(core.d_lower)
     d_relaxed = np.zeros(n_d)

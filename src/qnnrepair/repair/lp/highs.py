@@ -163,12 +163,15 @@ class HighsSolver:
     """One HiGHS instance holding one :class:`SparseLP`, as an LP (``solver``) or a MILP."""
 
     def __init__(self, lp: SparseLP, *, integer: bool = False, solver: str = DEFAULT_SOLVER,
-                 time_limit: float | None = None, mip_rel_gap: float = 1e-6) -> None:
+                 time_limit: float | None = None, mip_rel_gap: float = 1e-6,
+                 presolve: bool = True) -> None:
         self.lp = lp
         self.integer = bool(integer and lp.integer.any())
         self.highs = new_highs()
         if not self.integer:
             self.highs.setOptionValue("solver", solver)
+        if not presolve:
+            self.highs.setOptionValue("presolve", "off")
         if time_limit is not None:
             self.highs.setOptionValue("time_limit", float(max(time_limit, 0.0)))
         if self.integer:

@@ -103,8 +103,12 @@ def solve_neuron_lp(inputs, target, weight_int, weight_scale: float, bias: float
                         fit_bias, delta_bounds)
     to_true = unit / n_kept
     # Most weights move in a "match" regression: auxiliary |d| columns beat the split there.
+    # Its rows are dense eigen-directions, where presolve removes nothing: without it the
+    # relaxations solved 25 % faster, to the same deltas (198 MobileNetV2 W4A8 neuron LPs).
+    match = mode == "match"
     solved = solve_core(core, norm=norm, lam_internal=lam / to_true, integer=integer,
-                        time_limit=time_limit, solver=solver, l1_split=mode != "match")
+                        time_limit=time_limit, solver=solver, l1_split=not match,
+                        presolve=not match)
     e = float(solved.bias[0] * unit) if fit_bias else 0.0
     return solved_result(solved, solved.d, e, evaluate(solved.d, e), unchanged, to_true, lam,
                          kappa, solved.d_relaxed, kept)
