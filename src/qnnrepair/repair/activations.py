@@ -143,14 +143,22 @@ def record_in_pass(qmodel: QuantizedModel, layers: list[str], images: torch.Tens
         seen.add(name)
         layer = qmodel.layer(name)
         sampler = RowSampler(layer, rows_per_layer, len(images), seed)
-        visit(name, lambda: tuple(t.numpy() for t in
-                                  input_rows(layer, layer.quantize_input(x), sampler)))
+        visit(name, lambda: quantized_rows(layer, x, sampler))
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(on_forward({name: qmodel.layer(name) for name in layers}, before,
                                        "input"))
         stack.enter_context(stop_after(qmodel.layer(stop), "input"))
         run_until_stop(qmodel.model, images)
+
+
+def quantized_rows(layer, x: torch.Tensor, sampler: RowSampler
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`input_rows` of the layer's quantized input. Quantizing an input is elementwise and
+    keeps zero (the padding), so the gathered patches are quantized instead of the whole
+    map: one copy of a 64-image batch of ImageNet feature maps less at the pass's peak."""
+    inputs, image = input_rows(layer, x, sampler)
+    return layer.quantize_input(inputs).numpy(), image.numpy()
 
 
 def input_rows(layer, x_deq: torch.Tensor, sampler: RowSampler

@@ -16,6 +16,7 @@ import torch
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import predict
+from qnnrepair.memory import release_free_memory
 from qnnrepair.neurons import Neuron
 from qnnrepair.outcomes import outcomes
 from qnnrepair.quantization import QuantizedModel
@@ -192,6 +193,7 @@ class _Build:
             self.finish(by_name[name], _once(record))
             visited.append(name)
 
+        release_free_memory()  # the pass's large activations cannot reuse freed heap memory
         record_in_pass(self.candidate, names, subset, n_rows, seed, visit, stop=names[-1])
         if visited != names:
             raise QnnRepairError(f"the forward pass reached layers {visited} of {names}: the "
