@@ -2,7 +2,7 @@
 
     python benchmarks/experiments/e7_imagenet.py [--files quant ptq] [--settings own w4a8 ...]
         [--methods ...] [--n-repair 1000] [--n-validation 500] [--adaround-iters 1000]
-        [--fresh | --render]
+        [--bc-images 64] [--fresh | --redo | --render]
 
 R: `sample1000` (one ImageNet image per class). V and T: drawn disjointly from `nips17` (V
 `--n-validation` images, T the rest; seed 0), so no decision sees T and V is held out.
@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--n-repair", type=int, default=1000)
     parser.add_argument("--n-validation", type=int, default=500)
     parser.add_argument("--adaround-iters", type=int, default=1000)
+    parser.add_argument("--bc-images", type=int, default=64,
+                        help="bias correction calibrates on this many of R, spread evenly "
+                             "(its passes cost layers x images)")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
     parser.add_argument("--redo", action="store_true",
                         help="run the chosen methods again, replacing their earlier rows")
@@ -82,7 +85,7 @@ def main() -> None:
         rows.rows = [r for r in rows.rows if not (r["file"] in args.files and r["setting"]
                                                   in args.settings and r["method"] in args.methods)]
     m = meta(files=args.files, n_repair=args.n_repair, n_validation=args.n_validation,
-             adaround_iters=args.adaround_iters)
+             adaround_iters=args.adaround_iters, bc_images=args.bc_images)
     if not args.render:
         for key in args.files:
             for setting in args.settings:
@@ -104,7 +107,8 @@ def child(args, key: str, setting: str, method: str) -> list[dict]:
     """One method in a fresh process: its own peak memory, nothing cached."""
     argv = [sys.executable, __file__, "--piece", key, setting, "--shared", str(args.shared),
             "--n-repair", str(args.n_repair), "--n-validation", str(args.n_validation),
-            "--adaround-iters", str(args.adaround_iters), "--methods", method]
+            "--adaround-iters", str(args.adaround_iters), "--bc-images", str(args.bc_images),
+            "--methods", method]
     done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -139,7 +143,8 @@ def _own(deployed, work, methods) -> list[dict]:
 
 def _requantized(work, setting: str, args) -> list[dict]:
     config = BenchConfig(methods=tuple(m for m in args.methods if "+" not in m),
-                         on_top=(), adaround_iters=args.adaround_iters)
+                         on_top=(), adaround_iters=args.adaround_iters,
+                         baseline_params={"bias_correction": {"max_images": args.bc_images}})
     with Clock() as clock:
         rtn = quantize(work.model, QuantConfig.from_setting(setting), work.images("repair"),
                        model_spec=work.model_spec, seed=0)

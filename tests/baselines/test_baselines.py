@@ -95,6 +95,20 @@ def test_bias_correction_matches_float_mean_of_first_layer(setup, results):
     assert torch.equal(layer.weight_int, original.weight_int)
 
 
+def test_bias_correction_on_max_images_is_bias_correction_on_that_subset(setup):
+    """max_images calibrates on evenly spread images: the same integers as calibrating on
+    exactly those images."""
+    qmodel, images = setup
+    subset = images[torch.tensor([0, 9, 19, 28, 38, 47])]
+    by_count = get_baseline("bias_correction")(qmodel, images, max_images=6)
+    by_hand = get_baseline("bias_correction")(qmodel, subset)
+    full = get_baseline("bias_correction")(qmodel, images)
+    for key, value in by_hand.integer_state().items():
+        assert torch.equal(by_count.integer_state()[key], value), key
+    assert any(not torch.equal(full.integer_state()[k], v)
+               for k, v in by_hand.integer_state().items()), "the subset changed nothing"
+
+
 def test_squant_invariants(setup, results):
     qmodel, _ = setup
     result = results[1]["squant"]

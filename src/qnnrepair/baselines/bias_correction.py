@@ -23,6 +23,7 @@ import torch
 
 from qnnrepair.baselines.capture import channel_means, channel_sums, check_calibration, stream_layer
 from qnnrepair.baselines.registry import register_baseline
+from qnnrepair.data.splits import spread
 from qnnrepair.evaluation import batch_size_for
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantizedModel
@@ -33,10 +34,16 @@ logger = logging.getLogger(__name__)
 
 @register_baseline("bias_correction")
 def bias_correction(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: int = 0,
-                    show_progress: bool = False, batch_size: int | None = None) -> QuantizedModel:
+                    show_progress: bool = False, batch_size: int | None = None,
+                    max_images: int | None = None) -> QuantizedModel:
     """A copy of `qmodel` whose int32 biases make every channel's mean pre-activation on
-    `calibration_images` match the float model's (within half a bias step)."""
+    `calibration_images` match the float model's (within half a bias step). `max_images`
+    calibrates on that many of them, spread evenly (None: all): the passes cost layers x
+    images (MobileNetV2 on 1,000 ImageNet images: 31 of 53 layers corrected after 44 CPU
+    minutes under a load of 4, when it was stopped)."""
     images = check_calibration(calibration_images, "bias_correction")
+    if max_images is not None:
+        images = images[torch.from_numpy(spread(len(images), max_images))]
     batch_size = batch_size or batch_size_for(images, 250)
     out = qmodel.copy()
     float_means = channel_means(qmodel.float_model,

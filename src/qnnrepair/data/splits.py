@@ -61,6 +61,13 @@ class Splits:
                 f"{len(self.validation)} from {where}, test {len(self.test)}")
 
 
+def spread(n_images: int, n_chosen: int) -> np.ndarray:
+    """Indices of `n_chosen` of `n_images` images spread evenly over them (ascending): a
+    subset for work that needs fewer images than a split holds."""
+    n_chosen = min(n_chosen, n_images)
+    return np.unique(np.linspace(0, n_images - 1, n_chosen).round().astype(np.int64))
+
+
 def make_splits(
     pool: Dataset,
     test: Dataset | None,

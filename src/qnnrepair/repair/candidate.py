@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from qnnrepair.data.splits import spread
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import predict
 from qnnrepair.memory import release_free_memory
@@ -228,13 +229,6 @@ def _once(record):
         return done[(n_samples, max_images)]
 
     return cached
-
-
-def spread(n_images: int, n_chosen: int) -> np.ndarray:
-    """Indices of `n_chosen` of `n_images` images spread evenly over them: recording is a
-    forward pass, and a few hundred images with several positions each cover the inputs well."""
-    n_chosen = min(n_chosen, n_images)
-    return np.unique(np.linspace(0, n_images - 1, n_chosen).round().astype(np.int64))
 
 
 def by_layer(qmodel: QuantizedModel, neurons: list[Neuron]) -> dict[str, list[int]]:
