@@ -189,7 +189,10 @@ def render(rows: list[dict], m: dict, name: str) -> None:
             "V and T disjoint halves of nips17 (see the split line per block). `own`: the file's "
             "own INT8, V/T through LiteRT (simulation beside it); other settings: the file's "
             "float reference re-quantized by qnnrepair (simulation). CPU s include the RTN "
-            "model a method starts from and, for '+qnnrepair', the method below it.")
+            "model a method starts from and, for '+qnnrepair', the method below it; wall s "
+            "is the method alone (RTN's: a copy of the model). Peak MiB: the method's process "
+            "(data, float evaluation and RTN included; LP worker processes not counted). Rows "
+            "without a revision are from before it was kept (session 6, other code).")
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
     blocks: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -208,10 +211,15 @@ def render(rows: list[dict], m: dict, name: str) -> None:
                 f"| {r['method']} | {r['result']['validation']:.2f} | "
                 f"{r['result']['test']:.2f} | {_pct(rt.get('validation'))} | "
                 f"{_pct(rt.get('test'))} | {r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
-                f"{r['wall_s']:.0f} | {r['peak_mib']:.0f} | "
+                f"{_seconds(r.get('wall_s'))} | {r['peak_mib']:.0f} | "
                 f"{r.get('revision', '-')}, {_load(r.get('load'))} |")
         lines.append("")
     write(name, "\n".join(lines) + "\n", lambda plt: _plot(plt, blocks))
+
+
+def _seconds(value) -> str:
+    """Wall seconds; rows from before they were kept (and the file as it is) have none."""
+    return "-" if not value else f"{value:.0f}"
 
 
 def _load(value) -> str:
