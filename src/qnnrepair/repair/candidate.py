@@ -86,17 +86,12 @@ def build_candidate(qmodel: QuantizedModel, neurons: list[Neuron], images: torch
 
 @dataclass
 class LayerStep:
-    """One layer of a candidate: its neurons, the LPs they fall into, and the neurons
-    repaired upstream of it (part of each LP's cache key: they change its inputs)."""
+    """One layer of a candidate: its formulation and one cache key per LP, (layer, the LP's
+    neurons, the neurons repaired upstream: they change its inputs)."""
 
     name: str
-    indices: list[int]
     formulation: Formulation
     keys: list[tuple]
-
-    @property
-    def owners(self) -> list[tuple[int, ...]]:
-        return [key[1] for key in self.keys]
 
 
 def plan(qmodel: QuantizedModel, neurons: list[Neuron], config: RepairConfig) -> list[LayerStep]:
@@ -107,7 +102,7 @@ def plan(qmodel: QuantizedModel, neurons: list[Neuron], config: RepairConfig) ->
         formulation = get_formulation(config.lp.output_formulation if is_output else
                                       config.lp.hidden_formulation, output=is_output)
         keys = [(name, owner, upstream) for owner in formulation.owners(indices)]
-        steps.append(LayerStep(name, indices, formulation, keys))
+        steps.append(LayerStep(name, formulation, keys))
         upstream = upstream | {(name, i) for i in indices}
     return steps
 
