@@ -76,23 +76,17 @@ def record_layers(qmodel: QuantizedModel, layers: list[str], images: torch.Tenso
     known = float_out is not None and all(name in float_out for name in layers)
     if not known:
         float_out = record_float_rows(qmodel, layers, images, rows_per_layer, seed, batch_size)
-    batch_size = batch_size or batch_size_for(images, 250)
     samplers = {name: RowSampler(qmodel.layer(name), rows_per_layer, len(images), seed)
                 for name in layers}
     parts: dict[str, list[tuple]] = {name: [] for name in layers}
-    deepest = max(layers, key=qmodel.layers.index)
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(
-            capture({name: qmodel.layer(name) for name in layers}, "input", detach=False))
-        stack.enter_context(stop_after(qmodel.layer(deepest)))
-        for start in range(0, len(images), batch_size):
-            run_until_stop(qmodel.model, images[start:start + batch_size])
-            for name in layers:
-                layer = qmodel.layer(name)
-                inputs, image = input_rows(layer, layer.quantize_input(store[name]),
-                                           samplers[name])
-                parts[name].append((inputs, image + start))
-    return {name: _join(qmodel.layer(name), rows, float_out[name])
+    modules = {name: qmodel.layer(name) for name in layers}
+    for start, store in _batches(qmodel.model, modules, "input", qmodel.layers, images,
+                                 batch_size):
+        for name in layers:
+            inputs, image = quantized_rows(modules[name], store[name], samplers[name])
+            parts[name].append((inputs, image + start))
+    return {name: layer_record(qmodel.layer(name), *map(np.concatenate, zip(*rows)),
+                               float_out[name])
             for name, rows in parts.items()}
 
 
@@ -102,21 +96,16 @@ def record_float_rows(qmodel: QuantizedModel, layers: list[str], images: torch.T
                       ) -> dict[str, np.ndarray]:
     """The float model's pre-activations at the rows `record_layers` and `record_in_pass`
     sample with the same images, rows and seed: {layer: (rows, out)}, one batched pass."""
-    batch_size = batch_size or batch_size_for(images, 250)
     samplers = {name: RowSampler(qmodel.layer(name), rows_per_layer, len(images), seed)
                 for name in layers}
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    deepest = max(layers, key=qmodel.layers.index)
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(
-            capture({name: qmodel.float_layer(name) for name in layers}, "output"))
-        stack.enter_context(stop_after(qmodel.float_layer(deepest)))
-        for start in range(0, len(images), batch_size):
-            run_until_stop(qmodel.float_model, images[start:start + batch_size])
-            for name in layers:
-                out = store[name]
-                image, position = samplers[name].draw(len(out), tuple(out.shape[2:]))
-                parts[name].append(output_rows(out, image, position))
+    modules = {name: qmodel.float_layer(name) for name in layers}
+    for _, store in _batches(qmodel.float_model, modules, "output", qmodel.layers, images,
+                             batch_size):
+        for name in layers:
+            out = store[name]
+            image, position = samplers[name].draw(len(out), tuple(out.shape[2:]))
+            parts[name].append(output_rows(out, image, position))
     # Kept in the float model's own precision (float32 halves what a fit holds: one array per
     # layer, 8,192 rows x its channels, about 0.5 GiB for MobileNetV2's 52 layers).
     return {name: torch.cat(rows).numpy() for name, rows in parts.items()}
@@ -205,9 +194,16 @@ def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _join(layer, rows, float_out: np.ndarray) -> LayerRecord:
-    inputs, image = (torch.cat(parts).numpy() for parts in zip(*rows))
-    return layer_record(layer, inputs, image, float_out)
+def _batches(model, modules: dict, what: str, order: list[str], images: torch.Tensor,
+             batch_size: int | None):
+    """(first image, {name: input or output of modules[name]}) for each batch of `images`
+    run through `model`, each pass stopped after the deepest of `modules` (in `order`)."""
+    batch_size = batch_size or batch_size_for(images, 250)
+    deepest = modules[max(modules, key=order.index)]
+    with capture(modules, what) as store, stop_after(deepest):
+        for start in range(0, len(images), batch_size):
+            run_until_stop(model, images[start:start + batch_size])
+            yield start, store
 
 
 def layer_record(layer, inputs: np.ndarray, image: np.ndarray,

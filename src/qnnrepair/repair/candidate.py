@@ -161,8 +161,7 @@ class _Build:
     def in_pass(self, steps: list[LayerStep]) -> None:
         lp, seed = self.config.lp, self.config.seed
         n_rows = lp.summary_samples
-        chosen = spread(len(self.images), lp.summary_images(len(self.images),
-                                                            self.images[0, 0].numel()))
+        chosen = spread(len(self.images), self.summary_images())
         subset = self.images[torch.from_numpy(chosen)]
         rows_key = (n_rows, len(chosen))
         names = [step.name for step in steps]
@@ -195,14 +194,17 @@ class _Build:
             raise QnnRepairError(f"the forward pass reached layers {visited} of {names}: the "
                                  "model's layers are not in the order it runs them")
 
+    def summary_images(self) -> int:
+        """How many repair images "match" rows come from (LPConfig.summary_images)."""
+        return self.config.lp.summary_images(len(self.images), self.images[0, 0].numel())
+
     def own_record(self, name: str):
         """Rows of layer `name` recorded by a pass of their own, for any (rows, images)."""
-        lp, seed = self.config.lp, self.config.seed
+        seed = self.config.seed
 
         def record(n_samples: int, max_images: int | None) -> LayerRecord:
-            if max_images is None:
-                max_images = lp.summary_images(len(self.images), self.images[0, 0].numel())
-            chosen = spread(len(self.images), max_images)
+            chosen = spread(len(self.images),
+                            self.summary_images() if max_images is None else max_images)
             key = (name, (n_samples, len(chosen)))
             known = {name: self.cache.float_rows[key]} if key in self.cache.float_rows else None
             found = record_layers(self.candidate, [name], self.images[torch.from_numpy(chosen)],
