@@ -2,7 +2,7 @@
 
 `OpsNet` holds every op a CIFAR ResNet / MobileNetV2 export uses beside the convolutions
 (residual Add, ReLU, ReLU6 as Clip, depthwise conv, Concat, MaxPool, uneven Pad, AveragePool,
-Reshape, Gemm); testing.TinyConvNet adds GlobalAveragePool and Flatten.
+Reshape, Gemm) and the ReduceMean of a TFLite float reference's MEAN; testing.TinyConvNet adds GlobalAveragePool and Flatten.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ class OpsNet(nn.Module):
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.pw = nn.Conv2d(8, 8, 1)
         self.conv2 = nn.Conv2d(16, 8, 3, stride=2)
-        self.linear = nn.Linear(32, num_classes)
+        self.linear = nn.Linear(40, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         y = self.pw(F.relu6(self.dw(x))) + x
         z = torch.cat([y, F.max_pool2d(x, 3, 1, 1)], dim=1)
         z = F.relu(self.conv2(F.pad(z, (0, 1, 0, 1))))  # 9x9 -> 4x4
-        z = F.avg_pool2d(z, 2).reshape(-1, 32)
+        z = torch.cat([F.avg_pool2d(z, 2).reshape(-1, 32), z.mean(dim=(2, 3))], dim=1)
         return self.linear(z)
 
 

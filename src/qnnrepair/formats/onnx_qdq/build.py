@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from qnnrepair.formats.onnx_qdq.graph import OnnxGraph
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip",
-                 "GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Concat",
+                 "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "Flatten", "Reshape", "Concat",
                  "Pad", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Softmax",
                  "QuantizeLinear", "DequantizeLinear")
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -149,6 +149,9 @@ class GraphBuilder:
             return ops.Clip(None if lo is None else float(lo), None if hi is None else float(hi))
         if op == "GlobalAveragePool":
             return ops.GlobalAveragePool()
+        if op == "ReduceMean":  # axes: an attribute before opset 18, an input from it on
+            return ops.ReduceMean(self.const(node, 1, "axes", a.get("axes")),
+                                  bool(a.get("keepdims", 1)))
         if op in ("AveragePool", "MaxPool"):
             return self._pool(node)
         if op == "Flatten":

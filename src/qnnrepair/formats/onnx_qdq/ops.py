@@ -111,6 +111,19 @@ class GlobalAveragePool(nn.Module):
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
+class ReduceMean(nn.Module):
+    """ReduceMean over constant axes (all axes when none are given)."""
+
+    def __init__(self, axes, keepdims: bool) -> None:
+        super().__init__()
+        self.axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+        self.keepdims = keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = tuple(range(x.dim())) if self.axes is None else tuple(a % x.dim() for a in self.axes)
+        return x.mean(dim=axes, keepdim=self.keepdims)
+
+
 class Pool(nn.Module):
     """AveragePool / MaxPool (2-D). ONNX pads are [top, left, bottom, right].
 

@@ -45,7 +45,10 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow SAME: total padding split with the extra pixel after (bottom/right)."""
+    """TensorFlow SAME: total padding split with the extra pixel after (bottom/right).
+    `size` is made a Python int: spatial sizes are static in a .tflite file, and so the
+    padding is a constant when the float reference is traced (torch.onnx.export)."""
+    size = int(size)
     effective = (kernel - 1) * dilation + 1
     out = -(-size // stride)
     total = max((out - 1) * stride + effective - size, 0)
@@ -157,8 +160,8 @@ class PoolOp(TFLiteOp):
             out = F.max_pool2d(F.pad(v, pads, value=float("-inf")), self.kernel, self.stride)
         else:  # padding is left out of the count, as TensorFlow does
             total = F.avg_pool2d(F.pad(v, pads), self.kernel, self.stride, divisor_override=1)
-            count = F.avg_pool2d(F.pad(torch.ones_like(v[:1, :1]), pads), self.kernel,
-                                 self.stride, divisor_override=1)
+            ones = v.new_ones(1, 1, int(v.shape[2]), int(v.shape[3]))  # static: see same_padding
+            count = F.avg_pool2d(F.pad(ones, pads), self.kernel, self.stride, divisor_override=1)
             if self.float_mode:
                 return ar.float_activation(total / count, self.activation)
             out = ar.average_pool_round(total, count)
@@ -179,7 +182,7 @@ class MeanOp(TFLiteOp):
         axes = [a % x.dim() for a in self.axes]
         n = 1
         for a in axes:
-            n *= x.shape[a]
+            n *= int(x.shape[a])
         if self.float_mode:
             out = x.mean(dim=axes, keepdim=self.keep_dims)
             return to_nchw(out) if out.dim() == 4 else out
@@ -200,7 +203,9 @@ class ReshapeOp(TFLiteOp):
         self.shape = tuple(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = to_nhwc(x).reshape(x.shape[0], *self.shape[1:]) if self.shape else x.reshape(())
+        # the batch as -1 where the rest is known: a traced float reference keeps it dynamic
+        batch = -1 if self.shape and -1 not in self.shape[1:] else x.shape[0]
+        out = to_nhwc(x).reshape(batch, *self.shape[1:]) if self.shape else x.reshape(())
         return to_nchw(out)
 
 
