@@ -11,6 +11,10 @@ Settings:
 - `own`: each file at its own INT8, as deployed. "file" is the file unchanged; "qnnrepair" the
   default repair of the file itself (`qnnrepair repair --quantized FILE.tflite`), written back
   as a .tflite. Their V and T top-1 are LiteRT's (beside the simulation's).
+- `ort`: the file's float reference exported to ONNX (torch.onnx) and quantized by ONNX
+  Runtime's own `quantize_static` (QDQ, int8, per-tensor weights, MinMax calibration on R).
+  "file" is that QDQ model, "qnnrepair" its default repair written back as QDQ; V and T also
+  through ONNX Runtime (default optimizations). CPU s include the ONNX Runtime quantization.
 - `w4a8`, `w8a8-pt`, ...: the file's float reference (its dequantized weights, float
   activations) re-quantized by qnnrepair's quantizer (per-channel weights unless `-pt`; first
   and last layer at 8 bits); methods as in the bench (RTN, bias correction, SQuant, AdaRound,
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,7 +49,7 @@ from qnnrepair.bench.config import BenchConfig
 from qnnrepair.bench.methods import get_method
 from qnnrepair.evaluation import accuracy
 from qnnrepair.formats.deployed import load_deployed, write_deployed
-from qnnrepair.formats.runtime import runtime_predictions
+from qnnrepair.formats.runtime import check_runtime
 from qnnrepair.pipeline import prepare_deployed, run_repair
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import preset
@@ -52,7 +57,8 @@ from qnnrepair.repair import preset
 NAME = "e7_imagenet"
 FILES = {"quant": "mobilenet_v2_1.0_224_quant.tflite",
          "ptq": "tf2_mobilenet_v2_1.0_224_ptq.tflite"}
-SETTINGS = ("own", "w4a8", "w8a8-pt")
+SETTINGS = ("own", "ort", "w4a8", "w8a8-pt")
+DEPLOYED_SETTINGS = ("own", "ort")  # a file as deployed: its runtime's numbers too
 METHODS = ("file", "qnnrepair", "rtn", "bias_correction", "squant", "adaround",
            "adaround+qnnrepair")  # "file" (the file as it is) only in the setting "own"
 SPLITS = ("repair", "validation", "test")
@@ -89,14 +95,15 @@ def main() -> None:
     if not args.render:
         for key in args.files:
             for setting in args.settings:
-                methods = ([m for m in args.methods if m in ("file", "qnnrepair")]
-                           if setting == "own" else [m for m in args.methods if m != "file"])
+                deployed = setting in DEPLOYED_SETTINGS
+                methods = [m for m in args.methods
+                           if (m in ("file", "qnnrepair") if deployed else m != "file")]
                 for method in methods:
                     if rows.has(file=key, setting=setting, method=method):
                         continue
                     print(f"{key} {setting} {method} ...", file=sys.stderr, flush=True)
                     for row in child(args, key, setting, method):
-                        rows.add(row, m)
+                        rows.add({**row, "command": m["command"]}, m)
                         print(f"  {row['method']}: test {row['result']['test']:.2f}% "
                               f"({row['cpu_s']:.0f} CPU s, {row['peak_mib']:.0f} MiB)",
                               file=sys.stderr, flush=True)
@@ -125,20 +132,58 @@ def run_piece(args, key: str, setting: str) -> list[dict]:
             "float": _accuracies(deployed.float_model, work)}
     if setting == "own":
         return [{**base, **row} for row in _own(deployed, work, args.methods)]
+    if setting == "ort":
+        with tempfile.TemporaryDirectory() as tmp:  # the QDQ pair lives while its rows are made
+            with Clock() as clock:
+                qdq = _ort_quantized(deployed, work, Path(tmp))
+            return [{**base, **row} for row in _own(qdq, work, args.methods, clock.cpu)]
     return [{**base, **row} for row in _requantized(work, setting, args)]
 
 
-def _own(deployed, work, methods) -> list[dict]:
-    """The file as deployed ("file"), or repaired ("qnnrepair"); V and T also through LiteRT."""
+def _own(deployed, work, methods, base_cpu: float = 0.0) -> list[dict]:
+    """The file as deployed ("file"), or repaired ("qnnrepair"); V and T also through its
+    runtime. `base_cpu`: what making the file cost (ONNX Runtime's quantization), in both."""
     if "qnnrepair" not in methods:
-        return [_row("file", deployed.model, work, None, Path(deployed.path))]
+        return [_row("file", deployed.model, work, None, Path(deployed.path), base_cpu)]
     with tempfile.TemporaryDirectory() as tmp:
         with Clock() as clock:
             result = run_repair(work, None, preset("default"), quantized=deployed)
-        out = Path(tmp) / "repaired.tflite"
+        out = Path(tmp) / f"repaired{Path(deployed.path).suffix}"
         write_deployed(result.repaired, out)
-        return [_row("qnnrepair", result.repaired.model, work, clock, out,
+        return [_row("qnnrepair", result.repaired.model, work, clock, out, base_cpu,
                      changed=len(result.repairer.changes_))]
+
+
+def _ort_quantized(deployed, work, folder: Path):
+    """Setting `ort`: the float reference through torch.onnx, then ONNX Runtime's
+    quantize_static (QDQ, int8, per tensor, MinMax on R), read back as a QDQ simulation."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
+
+    float_path, qdq_path = folder / "float.onnx", folder / "qdq.onnx"
+    images = work.images("repair")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(deployed.float_model.eval(), (images[:1],), str(float_path),
+                          dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+    class Repair(CalibrationDataReader):
+        batches = iter([{"input": images[i:i + 10].numpy()} for i in range(0, len(images), 10)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    # ranges merged every 2 batches: ORT's MinMax keeps every activation of what it has seen
+    quantize_static(str(float_path), str(qdq_path), Repair(), quant_format=QuantFormat.QDQ,
+                    per_channel=False, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"CalibMaxIntermediateOutputs": 2})
+    return load_deployed(qdq_path, float_path)
 
 
 def _requantized(work, setting: str, args) -> list[dict]:
@@ -160,23 +205,25 @@ def _requantized(work, setting: str, args) -> list[dict]:
         with Clock() as clock:
             model = get_method(stacked or first).run(start, work, setting, config)
         finished[name] = (model, clock.cpu + extra)
-        row = _row(name, model.model, work, clock, None)
-        row["cpu_s"] += extra
+        row = _row(name, model.model, work, clock, None, extra)
         rows.append(row)
         print(f"  {name}: test {row['result']['test']:.2f}%", file=sys.stderr, flush=True)
     return rows
 
 
-def _row(method: str, model, work, clock, runtime_file: Path | None, **extra) -> dict:
+def _row(method: str, model, work, clock, runtime_file: Path | None, base_cpu: float = 0.0,
+         **extra) -> dict:
     row = {"method": method, "result": _accuracies(model, work),
-           "cpu_s": clock.cpu if clock else 0.0, "wall_s": clock.wall if clock else 0.0,
+           "cpu_s": (clock.cpu if clock else 0.0) + base_cpu,
+           "wall_s": clock.wall if clock else 0.0,
            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "revision": git_revision(), "load": os.getloadavg()[0], **extra}
     if runtime_file is not None:
-        row["runtime"] = {}
-        for split in ("validation", "test"):
-            _, got = runtime_predictions(runtime_file, work.images(split))
-            row["runtime"][split] = 100.0 * float((got == work.labels(split).numpy()).mean())
+        checks = {split: check_runtime(runtime_file, model, work.images(split), work.labels(split))
+                  for split in ("validation", "test")}
+        row["runtime"] = {split: c.runtime_accuracy for split, c in checks.items()}
+        row["agreement"] = {split: 100.0 * c.agreement for split, c in checks.items()}
+        row["runtime_name"] = checks["test"].runtime
     return row
 
 
@@ -187,13 +234,17 @@ def _accuracies(model, work) -> dict[str, float]:
 def render(rows: list[dict], m: dict, name: str) -> None:
     what = ("Top-1 (%) of MobileNetV2 on ImageNet images. R = sample1000 (one image per class), "
             "V and T disjoint halves of nips17 (see the split line per block). `own`: the file's "
-            "own INT8, V/T through LiteRT (simulation beside it); other settings: the file's "
+            "own INT8, V/T runtime through LiteRT (simulation beside it); `ort`: ONNX Runtime's "
+            "QDQ quantization of the float reference, V/T runtime through ONNX Runtime; "
+            "agreement: images on which runtime and simulation predict the same class (rows "
+            "before it was kept show '-'); other settings: the file's "
             "float reference re-quantized by qnnrepair (simulation). CPU s include the RTN "
             "model a method starts from and, for '+qnnrepair', the method below it; wall s "
             "is the method alone (RTN's: a copy of the model). Peak MiB: the method's process "
             "(data, float evaluation and RTN included; LP worker processes not counted). Rows "
             "without a revision are from before it was kept (session 6, other code).")
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
+    lines[4:5] = _commands(rows)
     blocks: dict[tuple, list[dict]] = {}
     for r in rows:
         blocks.setdefault((r["file"], r["setting"]), []).append(r)
@@ -202,19 +253,35 @@ def render(rows: list[dict], m: dict, name: str) -> None:
         lines += [f"## {FILES[key]}, {setting}", "",
                   f"Float reference: V {f['validation']:.2f}, T {f['test']:.2f}. "
                   f"Splits: {block[0]['splits']}", "",
-                  "| method | V | T | V LiteRT | T LiteRT | R | CPU s | wall s | peak MiB | "
-                  "revision, load |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | V | T | V runtime | T runtime | agreement V / T | R | CPU s | "
+                  "wall s | peak MiB | revision, load |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in block:
-            rt = r.get("runtime", {})
+            rt, agree = r.get("runtime", {}), r.get("agreement", {})
             lines.append(
                 f"| {r['method']} | {r['result']['validation']:.2f} | "
                 f"{r['result']['test']:.2f} | {_pct(rt.get('validation'))} | "
-                f"{_pct(rt.get('test'))} | {r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
+                f"{_pct(rt.get('test'))} | {_pct(agree.get('validation'))} / "
+                f"{_pct(agree.get('test'))} | {r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
                 f"{_seconds(r.get('wall_s'))} | {r['peak_mib']:.0f} | "
                 f"{r.get('revision', '-')}, {_load(r.get('load'))} |")
         lines.append("")
     write(name, "\n".join(lines) + "\n", lambda plt: _plot(plt, blocks))
+
+
+# Rows from before each row kept its command (sessions 6 and 7), as the notes of those runs say.
+EARLIER = ("rows that carry no command were made by `python e7_imagenet.py --files quant ptq "
+           "--settings own --methods file` and `--files quant --settings w4a8 --methods squant` "
+           "(session 6), `--files quant --settings w4a8 --methods bias_correction qnnrepair "
+           "--redo` (74ed639) and `--methods rtn --redo` (f96b2bf)")
+
+
+def _commands(rows: list[dict]) -> list[str]:
+    """The commands that made the rows (run in benchmarks/experiments/), in order."""
+    seen = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    earlier = any(not r.get("command") for r in rows)
+    return (["Commands (in benchmarks/experiments/; each row's revision is in its last column):"]
+            + [f"- `{c}`" for c in seen] + ([f"- {EARLIER}"] if earlier else []) + [""])
 
 
 def _seconds(value) -> str:

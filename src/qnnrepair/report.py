@@ -34,19 +34,32 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> str:
-    """CPU model, torch threads and library versions: what a timing needs beside it."""
+    """CPU model and vector extensions, torch threads and library versions: what a timing (and
+    an integer kernel's rounding, which differs between AVX2 and AVX-512 VNNI) needs beside it."""
     import torch
 
     v = versions()
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
+        info = {}
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        cpu, flags = info.get("model name", cpu), info.get("flags", "")
+    except OSError:
         pass
-    return (f"{cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads; python "
-            f"{v['python']}, torch {v['torch']}, highspy {v['highspy']}, numpy {v['numpy']}, "
-            f"qnnrepair {v['qnnrepair']}")
+    isa = vector_extensions(flags.split())
+    return (f"{cpu} ({os.cpu_count()} cores{', ' + isa if isa else ''}), "
+            f"{torch.get_num_threads()} torch threads; python {v['python']}, torch "
+            f"{v['torch']}, highspy {v['highspy']}, numpy {v['numpy']}, qnnrepair "
+            f"{v['qnnrepair']}")
+
+
+def vector_extensions(flags: list[str]) -> str:
+    """The widest x86 vector extensions among /proc/cpuinfo's flags, as people name them."""
+    if "avx512f" in flags:
+        return "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512"
+    return "AVX2" if "avx2" in flags else ""
 
 
 @dataclass
