@@ -179,10 +179,11 @@ def _ort_quantized(deployed, work, folder: Path):
         def get_next(self):
             return next(self.batches, None)
 
-    # ranges merged every 2 batches: ORT's MinMax keeps every activation of what it has seen
+    # MinMax keeps only each tensor's per-batch min and max (ReduceMin/Max outputs), so the
+    # whole repair set fits; CalibMaxIntermediateOutputs would drop data (ORT 1.32 clears
+    # without merging)
     quantize_static(str(float_path), str(qdq_path), Repair(), quant_format=QuantFormat.QDQ,
-                    per_channel=False, calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"CalibMaxIntermediateOutputs": 2})
+                    per_channel=False, calibrate_method=CalibrationMethod.MinMax)
     return load_deployed(qdq_path, float_path)
 
 

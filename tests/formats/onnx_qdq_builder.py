@@ -2,7 +2,8 @@
 
 `OpsNet` holds every op a CIFAR ResNet / MobileNetV2 export uses beside the convolutions
 (residual Add, ReLU, ReLU6 as Clip, depthwise conv, Concat, MaxPool, uneven Pad, AveragePool,
-Reshape, Gemm) and the ReduceMean of a TFLite float reference's MEAN; testing.TinyConvNet adds GlobalAveragePool and Flatten.
+Reshape, Gemm), the ReduceMean of a TFLite float reference's MEAN and its input scaling (a
+Mul by a constant, whose constant ORT quantizes); testing.TinyConvNet adds GlobalAveragePool and Flatten.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class OpsNet(nn.Module):
         self.linear = nn.Linear(40, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn1(self.conv1(x * 1.25)))
         y = self.pw(F.relu6(self.dw(x))) + x
         z = torch.cat([y, F.max_pool2d(x, 3, 1, 1)], dim=1)
         z = F.relu(self.conv2(F.pad(z, (0, 1, 0, 1))))  # 9x9 -> 4x4

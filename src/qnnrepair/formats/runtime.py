@@ -80,7 +80,9 @@ def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100) 
     except ImportError:
         raise QnnRepairError("checking an ONNX file needs ONNX Runtime: pip install "
                              "'qnnrepair[export]'") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: not a warning per unused constant
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     parts = [session.run(None, {name: images[i:i + batch_size].numpy()})[0].argmax(axis=1)
              for i in range(0, len(images), batch_size)]

@@ -114,7 +114,10 @@ def read_onnx(path: str | Path) -> OnnxFile:
     for node, proto_node in ordered:
         if node.op_type == "Constant":
             constants[node.outputs[0]] = _constant_value(proto_node, node, path)
-        elif node.op_type not in QDQ_OPS and all(not i or i in constants for i in node.inputs):
+        elif node.op_type != "DequantizeLinear" and all(not i or i in constants
+                                                        for i in node.inputs):
+            # a QuantizeLinear of a constant too (ORT quantizes a Mul's constant operand); a
+            # DequantizeLinear of one stays: the builder reads weight integers from it
             _fold(proto_node, node, constants, path)
         else:
             kept.append(node)

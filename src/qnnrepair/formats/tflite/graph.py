@@ -79,7 +79,7 @@ class TFLiteGraph(nn.Module):
 
     def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
         """Stored input integers -> real values, with the input tensor's scale and zero point."""
-        x = pixels.to(torch.float32)
+        x = pixels if pixels.dtype == torch.float32 else pixels.float()  # no Cast in an export
         if self.input_q is None:
             return x
         return (x - self.input_q.zero_point) * self.input_q.scale

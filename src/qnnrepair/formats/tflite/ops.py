@@ -158,6 +158,8 @@ class PoolOp(TFLiteOp):
         v = x if self.float_mode else self.in_q.to_int(x).double()
         if self.kind == "max":
             out = F.max_pool2d(F.pad(v, pads, value=float("-inf")), self.kernel, self.stride)
+        elif self.float_mode and not any(pads):  # full windows (and one AveragePool in ONNX)
+            return ar.float_activation(F.avg_pool2d(v, self.kernel, self.stride), self.activation)
         else:  # padding is left out of the count, as TensorFlow does
             total = F.avg_pool2d(F.pad(v, pads), self.kernel, self.stride, divisor_override=1)
             ones = v.new_ones(1, 1, int(v.shape[2]), int(v.shape[3]))  # static: see same_padding
