@@ -128,7 +128,7 @@ def run_piece(args, key: str, setting: str) -> list[dict]:
     deployed = load_deployed(path)
     work = prepare_deployed(deployed, data / "sample1000", data / "nips17",
                             n_repair=args.n_repair, n_validation=args.n_validation, seed=0)
-    base = {"file": key, "setting": setting, "splits": work.splits.describe(),
+    base = {"file": key, "setting": setting, "splits": work.split_description,
             "float": _accuracies(deployed.float_model, work)}
     if setting == "own":
         return [{**base, **row} for row in _own(deployed, work, args.methods)]

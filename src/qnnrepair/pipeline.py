@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -34,26 +34,34 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Workload:
-    """A float model and its three disjoint data splits, as normalized tensors."""
+    """A float model and its three disjoint data splits. R and V are kept as normalized tensors
+    (a repair reads them throughout); T as its uint8 pixels, normalized when asked for (it is
+    read once, at the end), so an ImageNet workload holds ~0.5 GiB less than all as tensors."""
 
     model_spec: str
     model: nn.Module
     info: ModelInfo
-    splits: Splits
+    splits: InitVar[Splits]
     seed: int
 
-    def __post_init__(self) -> None:
-        self.tensors = {name: (to_tensor(ds.images, self.info.mean, self.info.std),
-                               torch.from_numpy(ds.labels).long())
-                        for name, ds in zip(SPLIT_NAMES, (self.splits.repair,
-                                                          self.splits.validation,
-                                                          self.splits.test))}
+    def __post_init__(self, splits: Splits) -> None:
+        self.split_description = splits.describe()
+        self.class_names = list(splits.test.classes or ())
+        self._labels = {name: torch.from_numpy(ds.labels).long()
+                        for name, ds in zip(SPLIT_NAMES, (splits.repair, splits.validation,
+                                                          splits.test))}
+        self._tensors = {name: to_tensor(ds.images, self.info.mean, self.info.std)
+                         for name, ds in (("repair", splits.repair),
+                                          ("validation", splits.validation))}
+        self._test_pixels = splits.test.images
 
     def images(self, split: str) -> torch.Tensor:
-        return self.tensors[split][0]
+        if split == "test":
+            return to_tensor(self._test_pixels, self.info.mean, self.info.std)
+        return self._tensors[split]
 
     def labels(self, split: str) -> torch.Tensor:
-        return self.tensors[split][1]
+        return self._labels[split]
 
 
 def user_model_info(spec: str, data: Dataset, num_classes: int,
@@ -242,8 +250,10 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
                  timings: dict[str, float]) -> RepairReport:
     models = {"float": quantized.float_model, "quantized": quantized.model,
               "repaired": repairer.repaired_.model}
-    preds = {(split, name): predict(m, workload.images(split))
-             for split in SPLIT_NAMES for name, m in models.items()}
+    preds = {}
+    for split in SPLIT_NAMES:
+        images = workload.images(split)  # T is normalized on each call: once here
+        preds.update({(split, name): predict(m, images) for name, m in models.items()})
     acc = {split: {name: 100.0 * (preds[split, name] == workload.labels(split)).double()
                    .mean().item() for name in models} for split in SPLIT_NAMES}
     per_class = {name: per_class_accuracy(preds["test", name], workload.labels("test"),
@@ -257,7 +267,7 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
         sizes={s: len(workload.labels(s)) for s in SPLIT_NAMES}, accuracy=acc,
         top_neurons=top, changes=[c.to_dict() for c in repairer.changes_],
         steps=[s.to_dict() for s in repairer.steps_], timings=timings, per_class=per_class,
-        splits=workload.splits.describe(),
+        splits=workload.split_description,
         blame={name: [float(s) for s in values] for name, values in (scores or {}).items()},
         validation_divergence=repairer.validation_divergence_,
-        class_names=list(workload.splits.test.classes or ()))
+        class_names=workload.class_names)

@@ -3,7 +3,8 @@
 `OpsNet` holds every op a CIFAR ResNet / MobileNetV2 export uses beside the convolutions
 (residual Add, ReLU, ReLU6 as Clip, depthwise conv, Concat, MaxPool, uneven Pad, AveragePool,
 Reshape, Gemm), the ReduceMean of a TFLite float reference's MEAN and its input scaling (a
-Mul by a constant, whose constant ORT quantizes); testing.TinyConvNet adds GlobalAveragePool and Flatten.
+Mul by a constant, whose constant ORT quantizes); testing.TinyConvNet adds GlobalAveragePool
+and Flatten.
 """
 
 from __future__ import annotations

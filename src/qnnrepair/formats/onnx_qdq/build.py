@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from qnnrepair.formats.onnx_qdq.graph import OnnxGraph
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip",
-                 "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "Flatten", "Reshape", "Concat",
-                 "Pad", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Softmax",
-                 "QuantizeLinear", "DequantizeLinear")
+                 "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "Flatten",
+                 "Reshape", "Concat", "Pad", "Slice", "Transpose", "Squeeze", "Unsqueeze",
+                 "Identity", "Softmax", "QuantizeLinear", "DequantizeLinear")
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
