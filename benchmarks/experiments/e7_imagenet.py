@@ -247,7 +247,11 @@ def render(rows: list[dict], m: dict, name: str) -> None:
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
     lines[4:5] = _commands(rows)
     blocks: dict[tuple, list[dict]] = {}
-    for r in rows:
+    def place(r):  # blocks by file and setting, rows by method, each in the order declared
+        return (list(FILES).index(r["file"]), _index(SETTINGS, r["setting"]),
+                _index(METHODS, r["method"]))
+
+    for r in sorted(rows, key=place):
         blocks.setdefault((r["file"], r["setting"]), []).append(r)
     for (key, setting), block in blocks.items():
         f = block[0]["float"]
@@ -283,6 +287,10 @@ def _commands(rows: list[dict]) -> list[str]:
     earlier = any(not r.get("command") for r in rows)
     return (["Commands (in benchmarks/experiments/; each row's revision is in its last column):"]
             + [f"- `{c}`" for c in seen] + ([f"- {EARLIER}"] if earlier else []) + [""])
+
+
+def _index(names: tuple[str, ...], name: str) -> int:
+    return names.index(name) if name in names else len(names)
 
 
 def _seconds(value) -> str:
