@@ -225,6 +225,11 @@ def _row(method: str, model, work, clock, runtime_file: Path | None, base_cpu: f
         row["runtime"] = {split: c.runtime_accuracy for split, c in checks.items()}
         row["agreement"] = {split: 100.0 * c.agreement for split, c in checks.items()}
         row["runtime_name"] = checks["test"].runtime
+        if runtime_file.suffix == ".onnx":  # and the graph as written (no fused kernels)
+            row["agreement_as_written"] = {
+                split: 100.0 * check_runtime(runtime_file, model, work.images(split),
+                                             work.labels(split), optimized=False).agreement
+                for split in ("validation", "test")}
     return row
 
 
@@ -237,10 +242,11 @@ def render(rows: list[dict], m: dict, name: str) -> None:
             "V and T disjoint halves of nips17 (see the split line per block). `own`: the file's "
             "own INT8, V/T runtime through LiteRT (simulation beside it); `ort`: ONNX Runtime's "
             "QDQ quantization of the float reference, V/T runtime through ONNX Runtime; "
-            "agreement: images on which runtime and simulation predict the same class (rows "
-            "before it was kept show '-'); other settings: the file's "
-            "float reference re-quantized by qnnrepair (simulation). CPU s include the RTN "
-            "model a method starts from and, for '+qnnrepair', the method below it; wall s "
+            "agreement: images on which runtime and simulation predict the same class, for ONNX "
+            "with ONNX Runtime's default graph optimizations (fused integer kernels) and as "
+            "written (optimizations off; rows before it was kept show '-'); other settings: "
+            "the file's float reference re-quantized by qnnrepair (simulation). CPU s include "
+            "the RTN model a method starts from and, for '+qnnrepair', the method below it; wall s "
             "is the method alone (RTN's: a copy of the model). Peak MiB: the method's process "
             "(data, float evaluation and RTN included; LP worker processes not counted). Rows "
             "without a revision are from before it was kept (session 6, other code).")
@@ -262,12 +268,12 @@ def render(rows: list[dict], m: dict, name: str) -> None:
                   "wall s | peak MiB | revision, load |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in block:
-            rt, agree = r.get("runtime", {}), r.get("agreement", {})
+            rt = r.get("runtime", {})
             lines.append(
                 f"| {r['method']} | {r['result']['validation']:.2f} | "
                 f"{r['result']['test']:.2f} | {_pct(rt.get('validation'))} | "
-                f"{_pct(rt.get('test'))} | {_pct(agree.get('validation'))} / "
-                f"{_pct(agree.get('test'))} | {r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
+                f"{_pct(rt.get('test'))} | {_agreement(r)} | "
+                f"{r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
                 f"{_seconds(r.get('wall_s'))} | {r['peak_mib']:.0f} | "
                 f"{r.get('revision', '-')}, {_load(r.get('load'))} |")
         lines.append("")
@@ -287,6 +293,17 @@ def _commands(rows: list[dict]) -> list[str]:
     earlier = any(not r.get("command") for r in rows)
     return (["Commands (in benchmarks/experiments/; each row's revision is in its last column):"]
             + [f"- `{c}`" for c in seen] + ([f"- {EARLIER}"] if earlier else []) + [""])
+
+
+def _agreement(row: dict) -> str:
+    """V / T agreement with the runtime; for ONNX also with the graph as written."""
+    def pair(a: dict) -> str:
+        return f"{_pct(a.get('validation'))} / {_pct(a.get('test'))}"
+
+    text = pair(row.get("agreement", {}))
+    if "agreement_as_written" in row:
+        text += f" (as written: {pair(row['agreement_as_written'])})"
+    return text
 
 
 def _index(names: tuple[str, ...], name: str) -> int:

@@ -253,6 +253,13 @@ def test_repair_onnx_qdq_file_in_file_out(onnx_case, tmp_path, capsys):
     assert _changed_initializers_are_integers(qdq_path, forced)
     _, got = runtime_predictions(forced, x)
     assert (got == predict(repaired.model, x).numpy()).mean() >= 0.98
+    # as written (no fused kernels): what the simulation computes, but for float32 sum order
+    from .onnx_qdq_builder import ort_run
+
+    runtime, written = runtime_predictions(forced, x, optimized=False)
+    assert runtime == "ONNX Runtime (as written)"
+    assert np.array_equal(written, ort_run(forced, x, "disable").argmax(1))
+    assert (written == predict(repaired.model, x).numpy()).mean() >= 0.98
 
 
 def _changed_initializers_are_integers(original: Path, written: Path) -> list[str]:

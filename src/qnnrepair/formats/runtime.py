@@ -30,17 +30,21 @@ class RuntimeCheck:
                 f"{100 * self.agreement:.2f}%)")
 
 
-def runtime_predictions(path: str | Path, images: torch.Tensor) -> tuple[str, np.ndarray]:
+def runtime_predictions(path: str | Path, images: torch.Tensor,
+                        optimized: bool = True) -> tuple[str, np.ndarray]:
     """(runtime name, top-1 per image) of the file at `path` on `images`, which are the
-    pipeline's input tensors (NCHW; for a .tflite file the stored input integers)."""
+    pipeline's input tensors (NCHW; for a .tflite file the stored input integers).
+    `optimized=False` runs an ONNX model as written (ONNX Runtime's graph optimizations off:
+    no fused integer kernels); LiteRT has no such switch."""
     if Path(path).suffix.lower() == ".tflite":
         return "LiteRT", _litert_predictions(path, images)
-    return "ONNX Runtime", _onnxruntime_predictions(path, images)
+    return ("ONNX Runtime" if optimized else "ONNX Runtime (as written)",
+            _onnxruntime_predictions(path, images, optimized=optimized))
 
 
 def check_runtime(path: str | Path, simulation: torch.nn.Module, images: torch.Tensor,
-                  labels: torch.Tensor) -> RuntimeCheck:
-    runtime, got = runtime_predictions(path, images)
+                  labels: torch.Tensor, optimized: bool = True) -> RuntimeCheck:
+    runtime, got = runtime_predictions(path, images, optimized)
     # Like with like: the file's own output (a softmax on a 1/256 grid can tie where the
     # logits do not, and the runtime takes the first of tied classes).
     logits = getattr(simulation, "return_logits", None)
@@ -74,7 +78,8 @@ def _litert_predictions(path, images: torch.Tensor) -> np.ndarray:
     return np.asarray(predictions)
 
 
-def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100) -> np.ndarray:
+def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100,
+                             optimized: bool = True) -> np.ndarray:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -82,6 +87,8 @@ def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100) 
                              "'qnnrepair[export]'") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: not a warning per unused constant
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     parts = [session.run(None, {name: images[i:i + batch_size].numpy()})[0].argmax(axis=1)
