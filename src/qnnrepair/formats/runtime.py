@@ -42,19 +42,25 @@ def runtime_predictions(path: str | Path, images: torch.Tensor,
             _onnxruntime_predictions(path, images, optimized=optimized))
 
 
-def check_runtime(path: str | Path, simulation: torch.nn.Module, images: torch.Tensor,
-                  labels: torch.Tensor, optimized: bool = True) -> RuntimeCheck:
-    runtime, got = runtime_predictions(path, images, optimized)
-    # Like with like: the file's own output (a softmax on a 1/256 grid can tie where the
-    # logits do not, and the runtime takes the first of tied classes).
+def simulated_predictions(simulation: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """The simulation's top-1, like with like: on the file's own output (a softmax on a 1/256
+    grid can tie where the logits do not, and the runtime takes the first of tied classes)."""
     logits = getattr(simulation, "return_logits", None)
     if logits is not None:
         simulation.return_logits = False
     try:
-        sim = predict(simulation, images, batch_size=50).numpy()
+        return predict(simulation, images, batch_size=50).numpy()
     finally:
         if logits is not None:
             simulation.return_logits = logits
+
+
+def check_runtime(path: str | Path, simulation: torch.nn.Module, images: torch.Tensor,
+                  labels: torch.Tensor, optimized: bool = True,
+                  simulated: np.ndarray | None = None) -> RuntimeCheck:
+    """`simulated`: simulated_predictions(simulation, images) when already known."""
+    runtime, got = runtime_predictions(path, images, optimized)
+    sim = simulated_predictions(simulation, images) if simulated is None else simulated
     want = labels.numpy()
     return RuntimeCheck(runtime, len(want), 100.0 * float((got == want).mean()),
                         100.0 * float((sim == want).mean()), float((got == sim).mean()))
