@@ -1,6 +1,7 @@
 """Where the QDQ simulation and ONNX Runtime first part ways: every node output of a QDQ model,
 simulated and run by ONNX Runtime as written (graph optimizations off), on random inputs; prints
-the first nodes whose outputs differ and on what share of their values (a development check).
+the first nodes whose outputs differ and on what share of their values, then how the graph
+output differs (a development check).
 
 Usage: python scripts/onnx_qdq_first_difference.py FLOAT.onnx QDQ.onnx [--images 2]
            [--range LO HI] [--integers] [--show 12]
@@ -75,6 +76,12 @@ def main() -> None:
             shown += 1
     if shown == 0:
         print(f"all {len(steps)} node outputs agree")
+    last = dict(zip((out for _, out in steps), theirs))[graph.output_name].astype(np.float32)
+    rows = np.abs(mine[graph.output_name] - last).reshape(len(x), -1).max(axis=1)
+    same = (mine[graph.output_name].reshape(len(x), -1).argmax(1)
+            == last.reshape(len(x), -1).argmax(1))
+    print(f"graph output: differs on {int((rows > 0).sum())} of {len(x)} inputs (largest "
+          f"{rows.max():.4g}), same top-1 on {int(same.sum())}")
 
 
 if __name__ == "__main__":
