@@ -2,7 +2,7 @@
 
     python benchmarks/experiments/e7_imagenet.py [--files quant ptq] [--settings own w4a8 ...]
         [--methods ...] [--n-repair 1000] [--n-validation 500] [--adaround-iters 1000]
-        [--bc-images 64] [--fresh | --redo | --render]
+        [--bc-images 64] [--adaround-images 256] [--fresh | --redo | --render]
 
 R: `sample1000` (one ImageNet image per class). V and T: drawn disjointly from `nips17` (V
 `--n-validation` images, T the rest; seed 0), so no decision sees T and V is held out.
@@ -21,7 +21,8 @@ Settings:
   qnnrepair, AdaRound + qnnrepair), numbers from the simulation.
 
 Each (file, setting, method) runs in a fresh subprocess, so "peak MiB" (its ru_maxrss, data
-and models included) is that method's own; a row is saved as soon as its method finishes, and
+and models included) is that method's own, except that "X+qnnrepair" shares the process of X
+when both are run (X's row is saved with its peak before the repair starts); a row is saved as soon as its method finishes, and
 an interrupted run resumes with the methods not yet in the JSON. CPU seconds include the RTN
 quantization a method starts from, and for "+qnnrepair" rows the method below it (as in the
 bench), which that subprocess runs again.
@@ -76,6 +77,10 @@ def main() -> None:
     parser.add_argument("--bc-images", type=int, default=64,
                         help="bias correction calibrates on this many of R, spread evenly "
                              "(its passes cost layers x images)")
+    parser.add_argument("--adaround-images", type=int, default=256,
+                        help="AdaRound calibrates on this many of R, spread evenly (it caches "
+                             "two activations of a layer per image: 4.8 MB each for "
+                             "MobileNetV2's 96x112x112 layers)")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
     parser.add_argument("--redo", action="store_true",
                         help="run the chosen methods again, replacing their earlier rows")
@@ -91,18 +96,18 @@ def main() -> None:
         rows.rows = [r for r in rows.rows if not (r["file"] in args.files and r["setting"]
                                                   in args.settings and r["method"] in args.methods)]
     m = meta(files=args.files, n_repair=args.n_repair, n_validation=args.n_validation,
-             adaround_iters=args.adaround_iters, bc_images=args.bc_images)
+             adaround_iters=args.adaround_iters, bc_images=args.bc_images,
+             adaround_images=args.adaround_images)
     if not args.render:
         for key in args.files:
             for setting in args.settings:
                 deployed = setting in DEPLOYED_SETTINGS
                 methods = [m for m in args.methods
                            if (m in ("file", "qnnrepair") if deployed else m != "file")]
-                for method in methods:
-                    if rows.has(file=key, setting=setting, method=method):
-                        continue
-                    print(f"{key} {setting} {method} ...", file=sys.stderr, flush=True)
-                    for row in child(args, key, setting, method):
+                pending = [m for m in methods if not rows.has(file=key, setting=setting, method=m)]
+                for group in _groups(pending):
+                    print(f"{key} {setting} {' '.join(group)} ...", file=sys.stderr, flush=True)
+                    for row in child(args, key, setting, group):
                         rows.add({**row, "command": m["command"]}, m)
                         print(f"  {row['method']}: test {row['result']['test']:.2f}% "
                               f"({row['cpu_s']:.0f} CPU s, {row['peak_mib']:.0f} MiB)",
@@ -110,12 +115,25 @@ def main() -> None:
     render(rows.rows, m, args.name)
 
 
-def child(args, key: str, setting: str, method: str) -> list[dict]:
-    """One method in a fresh process: its own peak memory, nothing cached."""
+def _groups(methods: list[str]) -> list[list[str]]:
+    """One process per method, but "X+qnnrepair" joins X's when X runs too (X is not run twice)."""
+    groups: list[list[str]] = []
+    for method in methods:
+        below = method.partition("+")[0]
+        group = next((g for g in groups if "+" in method and g == [below]), None)
+        if group is None:
+            groups.append([method])
+        else:
+            group.append(method)
+    return groups
+
+
+def child(args, key: str, setting: str, methods: list[str]) -> list[dict]:
+    """Methods in a fresh process: their own peak memory, nothing cached."""
     argv = [sys.executable, __file__, "--piece", key, setting, "--shared", str(args.shared),
             "--n-repair", str(args.n_repair), "--n-validation", str(args.n_validation),
             "--adaround-iters", str(args.adaround_iters), "--bc-images", str(args.bc_images),
-            "--methods", method]
+            "--adaround-images", str(args.adaround_images), "--methods", *methods]
     done = subprocess.run(argv, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -190,7 +208,8 @@ def _ort_quantized(deployed, work, folder: Path):
 def _requantized(work, setting: str, args) -> list[dict]:
     config = BenchConfig(methods=tuple(m for m in args.methods if "+" not in m),
                          on_top=(), adaround_iters=args.adaround_iters,
-                         baseline_params={"bias_correction": {"max_images": args.bc_images}})
+                         baseline_params={"bias_correction": {"max_images": args.bc_images},
+                                          "adaround": {"max_images": args.adaround_images}})
     with Clock() as clock:
         rtn = quantize(work.model, QuantConfig.from_setting(setting), work.images("repair"),
                        model_spec=work.model_spec, seed=0)

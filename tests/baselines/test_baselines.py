@@ -95,14 +95,16 @@ def test_bias_correction_matches_float_mean_of_first_layer(setup, results):
     assert torch.equal(layer.weight_int, original.weight_int)
 
 
-def test_bias_correction_on_max_images_is_bias_correction_on_that_subset(setup):
+@pytest.mark.parametrize("name", ["bias_correction", "adaround"])
+def test_max_images_is_the_baseline_on_that_subset(setup, name):
     """max_images calibrates on evenly spread images: the same integers as calibrating on
-    exactly those images."""
+    exactly those images, and not those of calibrating on all."""
     qmodel, images = setup
+    params = {"adaround": {"iters": 50, "batch_size": 4}}.get(name, {})
     subset = images[torch.tensor([0, 9, 19, 28, 38, 47])]
-    by_count = get_baseline("bias_correction")(qmodel, images, max_images=6)
-    by_hand = get_baseline("bias_correction")(qmodel, subset)
-    full = get_baseline("bias_correction")(qmodel, images)
+    by_count = get_baseline(name)(qmodel, images, max_images=6, **params)
+    by_hand = get_baseline(name)(qmodel, subset, **params)
+    full = get_baseline(name)(qmodel, images, **params)
     for key, value in by_hand.integer_state().items():
         assert torch.equal(by_count.integer_state()[key], value), key
     assert any(not torch.equal(full.integer_state()[k], v)

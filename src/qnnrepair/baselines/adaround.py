@@ -29,6 +29,9 @@ minimizing, with Adam (lr 1e-3) over V only,
 - Batches of 32 images drawn from all calibration images; each layer's quantized inputs and
   float targets for all calibration images are computed once and cached (memory: two layer
   activations for N images, e.g. 2 x 65 MB for a 16x32x32 ResNet layer at N = 1,000).
+- `max_images` calibrates on that many of the images, spread evenly (None: all): the cache is
+  two activations of one layer for every calibration image, which at ImageNet size (a
+  96x112x112 MobileNetV2 layer is 4.8 MB per image) does not fit for 1,000 images.
 - `iters` defaults to 1,000 per layer to keep CPU time sane (about 2 CPU cores); the paper uses
   10,000 (20,000 for some). Pass `iters=10000` for the paper's setting.
 
@@ -48,6 +51,7 @@ import torch.nn.functional as F
 from qnnrepair.baselines.capture import check_calibration, collect_layer
 from qnnrepair.baselines.registry import register_baseline
 from qnnrepair.baselines.squant import scaled_weight
+from qnnrepair.data.splits import spread
 from qnnrepair.evaluation import batch_size_for
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantConv2d, QuantizedModel
@@ -72,9 +76,12 @@ def adaround(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: 
              show_progress: bool = False, iters: int = 1000, batch_size: int = 32,
              reg_weight: float = 0.01, lr: float = 1e-3, beta_start: float = 20.0,
              beta_end: float = 2.0, warm_start: float = 0.2,
-             capture_batch_size: int | None = None) -> QuantizedModel:
+             capture_batch_size: int | None = None,
+             max_images: int | None = None) -> QuantizedModel:
     """A copy of `qmodel` with every layer's weight rounding learned by AdaRound."""
     images = check_calibration(calibration_images, "adaround")
+    if max_images is not None:
+        images = images[torch.from_numpy(spread(len(images), max_images))]
     capture_batch_size = capture_batch_size or batch_size_for(images, 250)
     out = qmodel.copy()
     bar = progress(list(enumerate(out.layers)), show_progress, desc="adaround")
@@ -82,9 +89,9 @@ def adaround(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: 
         started = time.process_time()
         layer = out.layer(name)
         inputs = collect_layer(out.model, layer, images, capture_batch_size, output=False,
-                               transform=layer.quantize_input)
+                               transform=lambda t, layer=layer: cached(layer.quantize_input(t)))
         targets = collect_layer(qmodel.float_model, qmodel.float_layer(name), images,
-                                capture_batch_size, output=True)
+                                capture_batch_size, output=True, transform=cached)
         weight = qmodel.float_layer(name).weight.detach()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         q, losses = learn_rounding(layer, weight, inputs, targets, generator=generator,
@@ -95,6 +102,13 @@ def adaround(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: 
         logger.info("adaround %s: reconstruction %.4g (before %.4g), %.1f CPU s",
                     name, losses["adaround"], losses["before"], time.process_time() - started)
     return out
+
+
+def cached(t: torch.Tensor) -> torch.Tensor:
+    """A layer activation as the rounding loop reads it a thousand times: feature maps
+    channels-last, where CPU convolutions and their weight gradients run 1.3 to 2.5 times
+    faster (MobileNetV2's 112x112 layers; same values up to float rounding)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def layer_output(layer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
