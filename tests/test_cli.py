@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,12 +161,12 @@ def test_bench_runs_split_into_files_merge_into_one_table(files, capsys):
     assert "W3A4" in header and "W4A4" in header
     assert [digest(p) for p in parts] == before
 
-    reseeded = json.loads(parts[1].read_text())
-    reseeded["meta"]["key"]["seed"] = 1
-    (files / "seed1.json").write_text(json.dumps(reseeded))
+    resized = json.loads(parts[1].read_text())
+    resized["meta"]["key"]["sizes"]["repair"] = 30
+    (files / "resized.json").write_text(json.dumps(resized))
     for bad, needle in [([parts[0], parts[0]], "repeats"), ([parts[0], files / "x.json"],
                         "cannot read"), ([parts[0], files / "data.npz"], "not a bench"),
-                        ([parts[0], files / "seed1.json"], "other settings")]:
+                        ([parts[0], files / "resized.json"], "other settings")]:
         code, _, err = run(capsys, "bench", "--output", str(out), "--name", "bad", "--merge",
                            *map(str, bad))
         assert code == 2 and needle in err and err.count("\n") == 1, err
@@ -175,3 +176,35 @@ def test_bench_runs_split_into_files_merge_into_one_table(files, capsys):
     assert code == 2 and "overwrite" in err and [digest(p) for p in parts] == before
     code, _, err = run(capsys, *argv, "--name", "bad", "--merge", *map(str, parts))
     assert code == 2 and "only joins finished runs" in err and not (out / "bad.json").exists()
+
+
+def test_bench_runs_of_several_seeds_merge_into_mean_and_range(tmp_path, capsys):
+    """Runs that differ only in the seed of their splits merge: each row keeps its seed, and a
+    summary cell is the mean [lowest, highest] over seeds with the median CPU seconds."""
+    def run_file(seed: int, qnnrepair_test: float, cpu: float) -> Path:
+        rows = [{"model": "net", "setting": "w4a4", "method": m, "cpu_s": c, "wall_s": 1.0,
+                 "float": {"repair": 90.0, "validation": 90.0, "test": 90.0 + seed},
+                 "result": {"repair": 80.0, "validation": 80.0, "test": t}}
+                for m, t, c in (("rtn", 70.0, 1.0), ("qnnrepair", qnnrepair_test, cpu))]
+        key = {"config": {"methods": ["rtn", "qnnrepair"], "adaround_iters": 10, "seed": seed},
+               "seed": seed, "sizes": {"repair": 40, "validation": 40, "test": "all"}}
+        pieces = [{"command": f"qnnrepair bench --seed {seed}", "machine": "m", "wall_s": 2.0,
+                   "done": ["net w4a4"]}]
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps({"meta": {"key": key, "pieces": pieces}, "rows": rows}))
+        return path
+
+    parts = [run_file(0, 81.0, 10.0), run_file(1, 84.0, 30.0), run_file(2, 82.5, 20.0)]
+    code, _, err = run(capsys, "bench", "--output", str(tmp_path), "--name", "seeds",
+                       "--merge", *map(str, parts))
+    assert code == 0, err
+    merged = json.loads((tmp_path / "seeds.json").read_text())
+    assert [r["seed"] for r in merged["rows"]] == [0, 0, 1, 1, 2, 2]
+    assert merged["meta"]["key"]["seed"] == [0, 1, 2]
+    table = (tmp_path / "seeds.md").read_text().splitlines()
+    assert "| float | 91.00 [90.00, 92.00] |" in table
+    assert "| rtn | 70.00 [70.00, 70.00] (1) |" in table
+    assert "| qnnrepair | 82.50 [81.00, 84.00] (20) |" in table
+    code, _, err = run(capsys, "bench", "--output", str(tmp_path), "--name", "twice",
+                       "--merge", str(parts[0]), str(parts[1]), str(parts[0]))
+    assert code == 2 and "repeats" in err and not (tmp_path / "twice.json").exists()

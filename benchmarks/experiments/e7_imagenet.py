@@ -22,10 +22,10 @@ Settings:
 
 Each (file, setting, method) runs in a fresh subprocess, so "peak MiB" (its ru_maxrss, data
 and models included) is that method's own, except that "X+qnnrepair" shares the process of X
-when both are run (X's row is saved with its peak before the repair starts); a row is saved as soon as its method finishes, and
-an interrupted run resumes with the methods not yet in the JSON. CPU seconds include the RTN
-quantization a method starts from, and for "+qnnrepair" rows the method below it (as in the
-bench), which that subprocess runs again.
+when both are run (X's row is saved with its peak before the repair starts). A row is saved as
+soon as its method finishes, and an interrupted run resumes with the methods not yet in the
+JSON. CPU seconds include the RTN quantization a method starts from, and for "+qnnrepair" rows
+the method below it (as in the bench; run again in that process if X is not run beside it).
 """
 
 from __future__ import annotations
@@ -274,8 +274,14 @@ def render(rows: list[dict], m: dict, name: str) -> None:
             "the file's float reference re-quantized by qnnrepair (simulation). CPU s include "
             "the RTN model a method starts from and, for '+qnnrepair', the method below it; wall s "
             "is the method alone (RTN's: a copy of the model). Peak MiB: the method's process "
-            "(data, float evaluation and RTN included; LP worker processes not counted). Rows "
-            "without a revision are from before it was kept (session 6, other code).")
+            "(data, float evaluation and RTN included; LP worker processes not counted; "
+            "'X+qnnrepair' ran in X's process, X's row has the peak before the repair). "
+            f"Bias correction calibrates on {m['bc_images']} images of R, AdaRound "
+            f"({m['adaround_iters']} iterations per layer, batches of 32) on "
+            f"{m.get('adaround_images', 'all')} images of R, both spread evenly over R: "
+            "AdaRound caches two activations of a layer per image (4.8 MB each for "
+            "MobileNetV2's 96x112x112 maps). Rows without a revision are from before it was "
+            "kept (session 6, other code).")
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
     lines[4:5] = _commands(rows)
     blocks: dict[tuple, list[dict]] = {}

@@ -33,27 +33,35 @@ class BenchRecord:
 
     @classmethod
     def merged(cls, paths: list[Path], stem: Path) -> BenchRecord:
-        """One record from runs split over processes or machines (each its own file): same key,
-        no (model, setting) twice. The inputs are read, never written."""
+        """One record from runs split over processes or machines (each its own file): same
+        config and sizes, no (model, setting, seed) twice. Runs may differ in the seed of their
+        splits: then every row keeps its seed and the table shows mean and range over seeds.
+        The inputs are read, never written."""
         if stem.with_suffix(".json").resolve() in {p.resolve() for p in paths}:
             raise QnnRepairError(f"--merge would overwrite its input {stem}.json; pick another "
                                  "--name")
         saved = [_read_run(path) for path in paths]
-        record = cls(stem, saved[0]["meta"]["key"], fresh=True)
+        keys = [run["meta"]["key"] for run in saved]
+        seeds = sorted({key["seed"] for key in keys})
+        record = cls(stem, _with_seeds(keys[0], seeds), fresh=True)
         for path, run in zip(paths, saved):
-            if run["meta"]["key"] != record.key:
+            if _with_seeds(run["meta"]["key"], seeds) != record.key:
                 raise QnnRepairError(f"{path} ran with other settings than {paths[0]}; only runs "
-                                     "of the same config, seed and sizes merge")
-            clash = next((r for r in run["rows"] if record.done(r["model"], r["setting"])), None)
+                                     "of the same config and sizes merge (seeds may differ)")
+            seed = run["meta"]["key"]["seed"]
+            rows = [{**r, "seed": seed} for r in run["rows"]] if len(seeds) > 1 else run["rows"]
+            clash = next((r for r in rows if record.done(r["model"], r["setting"],
+                                                         r.get("seed"))), None)
             if clash:
                 raise QnnRepairError(f"{path} repeats {clash['model']} {clash['setting']}; "
-                                     "merge runs of different (model, setting) pieces")
-            record.rows += run["rows"]
+                                     "merge runs of different (model, setting) pieces or seeds")
+            record.rows += rows
             record.pieces += run["meta"]["pieces"]
         return record
 
-    def done(self, model: str, setting: str) -> bool:
-        return any(r["model"] == model and r["setting"] == setting for r in self.rows)
+    def done(self, model: str, setting: str, seed: int | None = None) -> bool:
+        return any(r["model"] == model and r["setting"] == setting and r.get("seed") == seed
+                   for r in self.rows)
 
     def add(self, rows: list[dict], piece: dict) -> None:
         """Append one (model, setting)'s rows; `piece` is this invocation's command and clock,
@@ -76,6 +84,13 @@ class BenchRecord:
             tmp.write_text(render_markdown(self.rows, meta))
         with atomic_path(self.stem.with_suffix(".png")) as tmp:
             plot(self.rows, tmp)
+
+
+def _with_seeds(key: dict, seeds: list[int]) -> dict:
+    """`key` with the seed of its splits (and of its config) replaced by `seeds`: a list when
+    runs of several seeds merge, the one seed otherwise."""
+    seed = seeds if len(seeds) > 1 else seeds[0]
+    return {**key, "seed": seed, "config": {**key["config"], "seed": seed}}
 
 
 def _read_run(path: Path) -> dict:

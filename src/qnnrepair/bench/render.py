@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 
 
@@ -27,28 +28,49 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
             "and last layer at 8 bits, min-max activation ranges; every method starts from the "
             "same RTN model (rtn_mse is quantized anew with MSE clipping). CPU seconds include "
             "the quantization and, for X+qnnrepair, the baseline X. Accuracies in %.", ""]
+    seeded = any("seed" in r for r in rows)
+    if seeded:
+        out += ["Each (model, setting) ran once per seed of the splits (repair, validation and "
+                "test drawn anew); a cell is the mean test accuracy [lowest, highest] over the "
+                "seeds, with the median CPU seconds.", ""]
     for model, sub, settings, methods in _by_model(rows):
-        cell = {(r["method"], r["setting"]): r for r in sub}
-        floats = {s: next(r["float"]["test"] for r in sub if r["setting"] == s)
-                  for s in settings}
+        cells: dict[tuple[str, str], list[dict]] = {}
+        for r in sub:
+            cells.setdefault((r["method"], r["setting"]), []).append(r)
+        floats = {s: [r["float"]["test"] for r in sub if r["setting"] == s
+                      and r["method"] == sub[0]["method"]] for s in settings}
         out += [f"## {model}: test accuracy (CPU seconds)", "",
                 "| method | " + " | ".join(s.upper() for s in settings) + " |",
                 "|---|" + "---|" * len(settings),
-                "| float | " + " | ".join(f"{floats[s]:.2f}" for s in settings) + " |"]
+                "| float | " + " | ".join(_spread(floats[s]) for s in settings) + " |"]
         for m in methods:
-            vals = [f"{cell[m, s]['result']['test']:.2f} ({cell[m, s]['cpu_s']:.0f})"
-                    if (m, s) in cell else "-" for s in settings]
+            vals = [_cell(cells[m, s]) if (m, s) in cells else "-" for s in settings]
             out.append(f"| {m} | " + " | ".join(vals) + " |")
+        seed_col = ("seed | ", "---|") if seeded else ("", "")
         out += ["", f"### {model}: every split", "",
-                "| setting | method | repair | validation | test | CPU s | wall s |",
-                "|---|---|---|---|---|---|---|"]
+                f"| setting | {seed_col[0]}method | repair | validation | test | CPU s | wall s |",
+                f"|---|{seed_col[1]}---|---|---|---|---|---|"]
         for r in sub:
             a = r["result"]
-            out.append(f"| {r['setting']} | {r['method']} | {a['repair']:.2f} | "
+            seed = f"{r.get('seed', '-')} | " if seeded else ""
+            out.append(f"| {r['setting']} | {seed}{r['method']} | {a['repair']:.2f} | "
                        f"{a['validation']:.2f} | {a['test']:.2f} | {r['cpu_s']:.1f} | "
                        f"{r['wall_s']:.1f} |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _spread(values: list[float]) -> str:
+    """One value as it is; several (one per seed) as mean [lowest, highest]."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
+def _cell(rows: list[dict]) -> str:
+    """Test accuracy (CPU seconds) of one method and setting, over its seeds."""
+    return (f"{_spread([r['result']['test'] for r in rows])} "
+            f"({statistics.median(r['cpu_s'] for r in rows):.0f})")
 
 
 def plot(rows: list[dict], path) -> None:
@@ -65,8 +87,9 @@ def plot(rows: list[dict], path) -> None:
         width = 0.8 / len(methods)
         for i, m in enumerate(methods):
             color = colors[i % len(colors)]
-            ys = [next((r["result"]["test"] for r in sub if r["method"] == m
-                        and r["setting"] == s), float("nan")) for s in settings]
+            ys = [statistics.fmean([r["result"]["test"] for r in sub if r["method"] == m
+                                    and r["setting"] == s] or [float("nan")])
+                  for s in settings]  # the mean over seeds where several ran
             bars.bar([j + i * width for j in range(len(settings))], ys, width, label=m,
                      color=color)
             pts = [r for r in sub if r["method"] == m]
