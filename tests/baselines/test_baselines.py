@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnnrepair.baselines import BASELINES, fit_last_layer, get_baseline, squant_round
-from qnnrepair.baselines.adaround import reconstruction_error
+from qnnrepair.baselines.reconstruction import reconstruction_error
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.quantization import QuantConfig, QuantConv2d, quantize
 from qnnrepair.testing import example_inputs, scaled, tiny_conv_net

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnnrepair.baselines import BASELINES, baseline_parameters, find_blocks, get_baseline
-from qnnrepair.baselines.adaround import reconstruction_error
 from qnnrepair.baselines.capture import collect_layer
 from qnnrepair.baselines.qdrop import (
     Block,
@@ -17,6 +16,7 @@ from qnnrepair.baselines.qdrop import (
     quantize_input_ste,
     reconstruct_block,
 )
+from qnnrepair.baselines.reconstruction import reconstruction_error
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.models import build_model
 from qnnrepair.models.resnet import BasicBlock

@@ -42,19 +42,25 @@ including clipped ones, keep it).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from qnnrepair.baselines.capture import check_calibration, collect_layer
+from qnnrepair.baselines.reconstruction import (
+    Activations,
+    Statistics,
+    fits_statistics,
+)
 from qnnrepair.baselines.registry import register_baseline
 from qnnrepair.baselines.squant import scaled_weight
 from qnnrepair.data.splits import spread
 from qnnrepair.evaluation import batch_size_for
 from qnnrepair.progress import progress
-from qnnrepair.quantization import QuantConv2d, QuantizedModel
+from qnnrepair.quantization import QuantizedModel
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +94,12 @@ def adaround(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: 
     for index, name in bar:
         started = time.process_time()
         layer = out.layer(name)
-        inputs = collect_layer(out.model, layer, images, capture_batch_size, output=False,
-                               transform=lambda t, layer=layer: cached(layer.quantize_input(t)))
-        targets = collect_layer(qmodel.float_model, qmodel.float_layer(name), images,
-                                capture_batch_size, output=True, transform=cached)
+        problem = layer_problem(layer, layer.dequantized_bias(), _pairs(
+            out.model, layer, qmodel.float_model, qmodel.float_layer(name), images,
+            capture_batch_size))
         weight = qmodel.float_layer(name).weight.detach()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        q, losses = learn_rounding(layer, weight, inputs, targets, generator=generator,
+        q, losses = learn_rounding(layer, weight, problem, generator=generator,
                                    iters=iters, batch_size=batch_size, reg_weight=reg_weight,
                                    lr=lr, beta_start=beta_start, beta_end=beta_end,
                                    warm_start=warm_start)
@@ -104,23 +109,30 @@ def adaround(qmodel: QuantizedModel, calibration_images: torch.Tensor, *, seed: 
     return out
 
 
-def cached(t: torch.Tensor) -> torch.Tensor:
-    """A layer activation as the rounding loop reads it a thousand times: feature maps
-    channels-last, where CPU convolutions and their weight gradients run 1.3 to 2.5 times
-    faster (MobileNetV2's 112x112 layers; same values up to float rounding)."""
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+def layer_problem(layer, bias: torch.Tensor,
+                  pairs: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Activations | Statistics:
+    """The layer's reconstruction error over all (quantized input, float target) batches: as
+    per-image statistics where they are smaller than the activations, else the activations."""
+    first = next(pairs)
+    if fits_statistics(layer, first[0].shape[1:], first[1].shape[1]):
+        problem = Statistics(layer, bias)
+        for inputs, targets in itertools.chain([first], pairs):
+            problem.add(inputs, targets)
+        return problem
+    batches = [first, *pairs]
+    return Activations(layer, torch.cat([b[0] for b in batches]),
+                       torch.cat([b[1] for b in batches]), bias)
 
 
-def layer_output(layer, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The layer's pre-activation on its (already quantized) input with a given real weight."""
-    if isinstance(layer, QuantConv2d):
-        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-    return F.linear(x, weight, bias)
-
-
-def reconstruction_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over output channels, averaged over images and positions."""
-    return (out - target).pow(2).sum(dim=1).mean()
+def _pairs(model, layer, float_model, float_layer, images: torch.Tensor,
+           batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch of images: the layer's quantized input in `model` (earlier layers as they are
+    now) and the float layer's output in `float_model`."""
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        yield (collect_layer(model, layer, batch, len(batch), output=False,
+                             transform=layer.quantize_input),
+               collect_layer(float_model, float_layer, batch, len(batch), output=True))
 
 
 class SoftRounding:
@@ -168,21 +180,19 @@ def annealed_beta(step: int, iters: int, n_warm: int, beta_start: float,
     return beta_end + (beta_start - beta_end) * (1 - progress_after_warm)
 
 
-def learn_rounding(layer, weight: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, *,
+def learn_rounding(layer, weight: torch.Tensor, problem: Activations | Statistics, *,
                    generator: torch.Generator, iters: int, batch_size: int, reg_weight: float,
                    lr: float, beta_start: float, beta_end: float, warm_start: float
                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """AdaRound integers (int64) for one layer, and the reconstruction error of the layer's
-    integers before (round to nearest, as quantized) and after, on up to 256 cached images."""
+    integers before (round to nearest, as quantized) and after, on up to 256 images."""
     rounding = SoftRounding(layer, weight)
-    bias = layer.dequantized_bias()
     optimizer = torch.optim.Adam([rounding.v], lr=lr)
     n_warm = int(warm_start * iters)
-    n = len(inputs)
+    n = len(problem)
     for step in range(iters):
         pick = torch.randperm(n, generator=generator)[:batch_size]
-        soft = rounding.soft_weight()
-        loss = reconstruction_error(layer_output(layer, inputs[pick], soft, bias), targets[pick])
+        loss = problem.error(pick, rounding.soft_weight())
         beta = annealed_beta(step, iters, n_warm, beta_start, beta_end)
         if beta is not None:
             loss = loss + reg_weight * rounding.regularizer(beta)
@@ -192,12 +202,6 @@ def learn_rounding(layer, weight: torch.Tensor, inputs: torch.Tensor, targets: t
     with torch.no_grad():
         q = rounding.integers()
         check = slice(0, min(n, 256))
-        losses = {
-            "before": float(reconstruction_error(
-                layer_output(layer, inputs[check], layer.dequantized_weight(), bias),
-                targets[check])),
-            "adaround": float(reconstruction_error(
-                layer_output(layer, inputs[check], q.float() * rounding.scale, bias),
-                targets[check])),
-        }
+        losses = {"before": float(problem.error(check, layer.dequantized_weight())),
+                  "adaround": float(problem.error(check, q.float() * rounding.scale))}
     return q, losses

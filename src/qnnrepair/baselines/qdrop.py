@@ -52,13 +52,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qnnrepair.baselines.adaround import (
-    SoftRounding,
-    annealed_beta,
-    layer_output,
-    reconstruction_error,
-)
+from qnnrepair.baselines.adaround import SoftRounding, annealed_beta
 from qnnrepair.baselines.capture import check_calibration, collect_layer
+from qnnrepair.baselines.reconstruction import layer_output, reconstruction_error
 from qnnrepair.baselines.registry import register_baseline
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.progress import progress
