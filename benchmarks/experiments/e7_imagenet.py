@@ -78,9 +78,8 @@ def main() -> None:
                         help="bias correction calibrates on this many of R, spread evenly "
                              "(its passes cost layers x images)")
     parser.add_argument("--adaround-images", type=int, default=256,
-                        help="AdaRound calibrates on this many of R, spread evenly (it caches "
-                             "two activations of a layer per image: 4.8 MB each for "
-                             "MobileNetV2's 96x112x112 layers)")
+                        help="AdaRound calibrates on this many of R, spread evenly (it runs "
+                             "the model up to each of its 53 layers on every image)")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier rows")
     parser.add_argument("--redo", action="store_true",
                         help="run the chosen methods again, replacing their earlier rows")
@@ -279,9 +278,8 @@ def render(rows: list[dict], m: dict, name: str) -> None:
             f"Bias correction calibrates on {m['bc_images']} images of R, AdaRound "
             f"({m['adaround_iters']} iterations per layer, batches of 32) on "
             f"{m.get('adaround_images', 'all')} images of R, both spread evenly over R: "
-            "AdaRound caches two activations of a layer per image (4.8 MB each for "
-            "MobileNetV2's 96x112x112 maps). Rows without a revision are from before it was "
-            "kept (session 6, other code).")
+            "each runs the model up to every layer on each of its images. Rows without a "
+            "revision are from before it was kept (session 6, other code).")
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
     lines[4:5] = _commands(rows)
     blocks: dict[tuple, list[dict]] = {}

@@ -27,11 +27,14 @@ minimizing, with Adam (lr 1e-3) over V only,
 - V starts where h(V) equals the fractional part of w/s (the rounding is initially the float
   weight itself, not a rounding).
 - Batches of 32 images drawn from all calibration images; each layer's quantized inputs and
-  float targets for all calibration images are computed once and cached (memory: two layer
-  activations for N images, e.g. 2 x 65 MB for a 16x32x32 ResNet layer at N = 1,000).
-- `max_images` calibrates on that many of the images, spread evenly (None: all): the cache is
-  two activations of one layer for every calibration image, which at ImageNet size (a
-  96x112x112 MobileNetV2 layer is 4.8 MB per image) does not fit for 1,000 images.
+  float targets for all calibration images are computed once and kept (`reconstruction.py`):
+  as activations (memory: two layer activations for N images, e.g. 2 x 65 MB for a 16x32x32
+  ResNet layer at N = 1,000), or, for a convolution whose patches are short against its map
+  (MobileNetV2's 1x1 and depthwise layers at 112x112), as per-image statistics of the same
+  quadratic error, which make a step cost kilo- instead of giga-operations.
+- `max_images` calibrates on that many of the images, spread evenly (None: all): each layer's
+  inputs are computed by running the model up to it, so the capture costs about L/2 forward
+  passes over the calibration images.
 - `iters` defaults to 1,000 per layer to keep CPU time sane (about 2 CPU cores); the paper uses
   10,000 (20,000 for some). Pass `iters=10000` for the paper's setting.
 
