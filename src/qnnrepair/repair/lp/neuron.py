@@ -153,7 +153,15 @@ class NeuronProblem:
             return result
         mean, residual_mean = self.bias_from
         shift = self.weight_scale * float(mean @ result.delta_weight)
-        return replace(result, delta_bias=residual_mean - shift)
+        # The rows are centred: the objectives above cannot see the neuron's mean error, which
+        # the bias delta removes. It is one more row of the summary (the mean direction), so
+        # count it: a neuron whose fault is an offset is then seen to be helped by its LP.
+        k = len(self.target)
+        return replace(result, delta_bias=residual_mean - shift,
+                       objective_relaxed=result.objective_relaxed * k / (k + 1),
+                       objective_rounded=result.objective_rounded * k / (k + 1),
+                       objective_unchanged=(result.objective_unchanged * k
+                                            + abs(residual_mean)) / (k + 1))
 
     def _solve_on_columns(self, args: dict) -> LPResult:
         """Only `columns` of the weights may move: the others' part of the pre-activation is
