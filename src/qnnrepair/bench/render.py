@@ -37,8 +37,9 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
         cells: dict[tuple[str, str], list[dict]] = {}
         for r in sub:
             cells.setdefault((r["method"], r["setting"]), []).append(r)
-        floats = {s: [r["float"]["test"] for r in sub if r["setting"] == s
-                      and r["method"] == sub[0]["method"]] for s in settings}
+        firsts = {s: next(r["method"] for r in sub if r["setting"] == s) for s in settings}
+        floats = {s: [r["float"]["test"] for r in sub if r["setting"] == s  # one per seed
+                      and r["method"] == firsts[s]] for s in settings}
         out += [f"## {model}: test accuracy (CPU seconds)", "",
                 "| method | " + " | ".join(s.upper() for s in settings) + " |",
                 "|---|" + "---|" * len(settings),
