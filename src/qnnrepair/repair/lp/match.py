@@ -38,6 +38,7 @@ class Match(Formulation):
         return NeuronProblem(a, target, weight, scale, bias, mode="match",
                              delta_bounds=bounds, fit_bias=False, max_rows=len(a),
                              bias_from=(summary.mean, float(residual.mean())),
+                             count_offset=layer.config.count_offset,
                              columns=self.columns(a, z, bounds, layer.config.max_columns),
                              **layer.options)
 
