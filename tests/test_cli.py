@@ -137,6 +137,25 @@ def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
     assert digest(out / "bench.json") == before
 
 
+def test_bench_runs_the_methods_asked_for(files, capsys):
+    out = files / "results"
+    out.mkdir()
+    argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
+            str(files / "data.npz"), "--test-data", str(files / "test.npz"), "--settings", "w3a4",
+            "--n-repair", "40", "--n-validation", "40", "--output", str(out)]
+    code, _, err = run(capsys, *argv, "--methods", "rtn", "squant", "--on-top", "squant")
+    assert code == 0, err
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["rtn", "squant", "squant+qnnrepair"]
+    code, _, err = run(capsys, *argv, "--name", "plain", "--methods", "rtn", "squant")
+    assert code == 0, err  # stacked on the default on_top methods that run
+    rows = json.loads((out / "plain.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["rtn", "squant", "squant+qnnrepair"]
+    code, _, err = run(capsys, *argv, "--name", "bad", "--methods", "rtn", "--on-top", "squant")
+    assert code == 2 and "not among the methods" in err and err.count("\n") == 1, err
+    assert not (out / "bad.json").exists()
+
+
 def test_bench_runs_split_into_files_merge_into_one_table(files, capsys):
     out = files / "results"
     out.mkdir()

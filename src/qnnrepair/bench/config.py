@@ -32,6 +32,9 @@ class BenchConfig:
             if not get_method(name).stackable:
                 raise QnnRepairError(f"on_top lists {name!r}, which qnnrepair cannot be "
                                      "stacked on; list baselines there, not repairs")
+            if name not in self.methods:
+                raise QnnRepairError(f"on_top lists {name!r}, which is not among the methods "
+                                     "run; add it to the methods or leave it out of on_top")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="W4A4 only, 2,000 test images, AdaRound 200 iterations, no paper preset, "
                    "qnnrepair on top of AdaRound only")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="methods to run, in table order (default: every registered one)")
+    p.add_argument("--on-top", nargs="*", metavar="METHOD",
+                   help="baselines that qnnrepair is also stacked on (default: those of "
+                   "bias_correction squant adaround qdrop that run); give none for no stacked "
+                   "rows")
     p.add_argument("--output", type=Path, default=Path("benchmarks/results"),
                    help="folder for the results (default benchmarks/results)")
     p.add_argument("--name", default="bench", help="file stem (default bench)")

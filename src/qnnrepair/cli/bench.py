@@ -20,9 +20,11 @@ def cmd_bench(args) -> int:
 
     check_output_folder(args.output / "x")
     if args.merge:
-        if args.checkpoint or args.data or args.test_data or args.settings or args.quick:
+        if (args.checkpoint or args.data or args.test_data or args.settings or args.quick
+                or args.methods or args.on_top is not None):
             raise QnnRepairError("--merge only joins finished runs; leave out --checkpoint, "
-                                 "--data, --test-data, --settings and --quick")
+                                 "--data, --test-data, --settings, --quick, --methods and "
+                                 "--on-top")
         record = BenchRecord.merged(args.merge, args.output / args.name)
         record.write()
         print(f"wrote {args.output / args.name}.md, .json, .png: {len(record.rows)} rows from "
@@ -38,6 +40,11 @@ def cmd_bench(args) -> int:
     if args.quick:  # repairs are the slow rows (minutes each); one combination shows the idea
         config = replace(config, methods=tuple(m for m in config.methods if m != "paper"),
                          on_top=("adaround",))
+    if args.methods or args.on_top is not None:
+        methods = tuple(args.methods or config.methods)
+        on_top = (tuple(m for m in config.on_top if m in methods) if args.on_top is None
+                  else tuple(args.on_top))
+        config = replace(config, methods=methods, on_top=on_top)
     n_test = args.n_test or (2000 if args.quick else None)
     key = {"config": config.to_dict(), "seed": args.seed, "sizes": {
         "repair": args.n_repair, "validation": args.n_validation, "test": n_test or "all"}}
