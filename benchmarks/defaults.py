@@ -1,13 +1,13 @@
 """Choosing the repair default on validation: candidate configurations side by side.
 
     python benchmarks/defaults.py [--model resnet20] [--settings w3a8 w4a4] [--seeds 0]
-        [--configs NAME ...] [--fresh]
+        [--configs NAME ...] [--name defaults] [--fresh]
 
 Each configuration is a set of overrides of `preset("default")`; every one runs on the same
 workload (R = 1,000 CIFAR-10 training images, also the calibration set; V = 1,000 images drawn
 from the test file; T = the other 9,000), and the table gives V accuracy and KL to the float
 model (what a choice may look at) beside T accuracy (reported only), LPs and CPU seconds.
-Writes benchmarks/results/defaults.md and .json (resumable).
+Writes benchmarks/results/<name>.md and .json (resumable).
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ CONFIGS = {
                                       "block_fraction": 0.05, "patience": 3},
     "ochiai-blocks5-kl-all": {"metric": "ochiai", "schedule": "blocks", "block_fraction": 0.05,
                               "patience": None},
+    "gradient-geometric-kl-all-rows128": {"metric": "gradient", "patience": None,
+                                          "hidden_rows": 128},
+    "gradient-geometric-kl-all-rows64": {"metric": "gradient", "patience": None,
+                                         "hidden_rows": 64},
 }
-OUT = RESULTS / "defaults"
 
 
 def main() -> None:
@@ -49,9 +52,12 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--name", default="defaults",
+                        help="file stem under benchmarks/results/ (default defaults)")
     args = parser.parse_args()
+    out = RESULTS / args.name
     meta = {"command": command(), "machine": machine()}
-    rows = Rows(OUT.with_suffix(".json"), args.fresh)
+    rows = Rows(out.with_suffix(".json"), args.fresh)
     for seed in args.seeds:
         work = workload(args.model, args.shared, seed=seed)
         images = {s: (work.images(s), work.labels(s)) for s in SPLIT_NAMES}
@@ -77,7 +83,7 @@ def main() -> None:
                 rows.add(row, meta)
                 print(f"{setting} seed {seed} {name}: V {row['accuracy']['validation']}"
                       f" T {row['accuracy']['test']} {clock.cpu:.0f} CPU s", flush=True)
-    OUT.with_suffix(".md").write_text(render(rows.rows, meta))
+    out.with_suffix(".md").write_text(render(rows.rows, meta))
 
 
 def render(rows: list[dict], meta: dict) -> str:
