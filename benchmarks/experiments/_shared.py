@@ -30,8 +30,8 @@ SETTINGS = {"conv3": "w3a8", "conv5": "w3a8", "vgg": "w3a8", "mobilenetv2": "w4a
             "resnet20": "w3a8", "resnet32": "w3a8", "resnet44": "w3a8", "resnet56": "w3a8"}
 
 __all__ = ["DEFAULT_SHARED", "OUT", "SETTINGS", "SPLITS", "Clock", "Rows", "accuracies",
-           "arguments", "header", "localize", "meta", "quantized", "rerender", "results",
-           "workload", "write"]
+           "arguments", "commands", "header", "localize", "meta", "quantized", "rerender",
+           "results", "workload", "write"]
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:
@@ -96,3 +96,19 @@ def write(name: str, markdown: str, plot=None) -> None:
 def header(title: str, m: dict, what: str) -> list[str]:
     return [f"# {title}", "", what, "", f"Command: `{m['command']}`  ",
             f"Machine: {m['machine']}", ""]
+
+
+def commands(rows: list[dict], earlier: str, with_revisions: bool = False) -> list[str]:
+    """The commands that made the rows (run in benchmarks/experiments/), in order, each with
+    the revisions it ran at when `with_revisions` (else a table column has them); `earlier`
+    says what made the rows from before each row kept its command."""
+    seen = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    before = any(not r.get("command") for r in rows)
+
+    def line(c: str) -> str:
+        revisions = dict.fromkeys(r.get("revision", "?") for r in rows if r.get("command") == c)
+        return f"- `{c}`" + (f" ({', '.join(revisions)})" if with_revisions else "")
+
+    intro = "" if with_revisions else "; each row's revision is in its last column"
+    return ([f"Commands (in benchmarks/experiments/{intro}):"] + [line(c) for c in seen]
+            + ([f"- {earlier}"] if before else []) + [""])

@@ -21,6 +21,7 @@ from _shared import (
     Clock,
     accuracies,
     arguments,
+    commands,
     header,
     meta,
     quantized,
@@ -29,6 +30,7 @@ from _shared import (
     workload,
     write,
 )
+from common import git_revision
 
 from qnnrepair.localization import METRICS, make_localizer
 from qnnrepair.quantization import batches
@@ -80,7 +82,8 @@ def main() -> None:
                           "repaired": accuracies(repaired.model, work),
                           "neurons_changed": len(changes), "lps": step.n_lps,
                           "lp_s": float(np.sum(step.lp_seconds)), "wall_s": clock.wall,
-                          "rank_s": rank_clock.wall}, m)
+                          "rank_s": rank_clock.wall, "command": m["command"],
+                          "revision": git_revision()}, m)
                 print(f"{model} {metric}/{seed} top-{size} ({n}): test {before['test']:.2f} -> "
                       f"{rows.rows[-1]['repaired']['test']:.2f}", flush=True)
     render(rows.rows, m)
@@ -103,6 +106,18 @@ def rank(qmodel, layers, work, metric: str, seed: int) -> list:
                          list(zip(batches(images, 250), batches(labels, 250)))).ranking_
 
 
+# What made the rows of a results file from before each row kept its command.
+EARLIER = {"e2_fractions": (
+    "rows that carry no command (each with OMP_NUM_THREADS=1): ResNet-20 by `python "
+    "e2_metrics.py --models resnet20 --metrics gradient ochiai --name e2_fractions` (session 5, "
+    "resumed over three invocations, load 3 to 7); conv5 by `python e2_metrics.py --models "
+    "conv5 conv3 --metrics gradient ochiai --fractions 1 5 10 25 --name e2_fractions` (session "
+    "6, db10929, nice 10, load 2.4 to 4.8; stopped before conv3 for time); ResNet-32 by "
+    "`--models resnet32` with the same options (session 7, 46befbe, nice 10, paused while E7 "
+    "ran, load 2 to 4); conv3 by `--models conv3` with the same options (session 8, 4c5f54b, "
+    "nice 10, paused while E7 ran, load 2 to 4)")}
+
+
 def gains(rows: list[dict], model: str, metric: str, n, split: str = "test") -> list[float]:
     return [r["repaired"][split] - r["quantized"][split] for r in rows
             if r["model"] == model and r["metric"] == metric and r["n"] == n]
@@ -117,6 +132,9 @@ def render(rows: list[dict], m: dict) -> None:
                  "weights, first and last layer at 8 bits; no validation guard, so a ranking "
                  "that picks harmful neurons shows as a loss. Targets (issue 13): at 5 % and "
                  "10 % at least twice Random's mean gain; at 10 % at least half of 'all'.")
+    if m.get("name") in EARLIER or any(r.get("command") for r in rows):
+        out[4:5] = commands(rows, EARLIER.get(m.get("name"), f"rows that carry no command: "
+                                              f"`{m['command']}`"), with_revisions=True)
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]

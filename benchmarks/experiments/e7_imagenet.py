@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from _shared import DEFAULT_SHARED, Clock, header, meta, results, write
+from _shared import DEFAULT_SHARED, Clock, commands, header, meta, results, write
 from common import git_revision
 
 from qnnrepair.bench.config import BenchConfig
@@ -281,7 +281,7 @@ def render(rows: list[dict], m: dict, name: str) -> None:
             "each runs the model up to every layer on each of its images. Rows without a "
             "revision are from before it was kept (session 6, other code).")
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
-    lines[4:5] = _commands(rows)
+    lines[4:5] = commands(rows, EARLIER)
     blocks: dict[tuple, list[dict]] = {}
     def place(r):  # blocks by file and setting, rows by method, each in the order declared
         return (list(FILES).index(r["file"]), _index(SETTINGS, r["setting"]),
@@ -315,14 +315,6 @@ EARLIER = ("rows that carry no command were made by `python e7_imagenet.py --fil
            "--settings own --methods file` and `--files quant --settings w4a8 --methods squant` "
            "(session 6), `--files quant --settings w4a8 --methods bias_correction qnnrepair "
            "--redo` (74ed639) and `--methods rtn --redo` (f96b2bf)")
-
-
-def _commands(rows: list[dict]) -> list[str]:
-    """The commands that made the rows (run in benchmarks/experiments/), in order."""
-    seen = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
-    earlier = any(not r.get("command") for r in rows)
-    return (["Commands (in benchmarks/experiments/; each row's revision is in its last column):"]
-            + [f"- `{c}`" for c in seen] + ([f"- {EARLIER}"] if earlier else []) + [""])
 
 
 def _agreement(row: dict) -> str:
