@@ -23,12 +23,8 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
            "already done):", ""]
     out += [f"- `{p['command']}` ({p['wall_s']:.0f} s: {', '.join(p['done'])}) on "
             f"{p['machine']}" for p in meta["pieces"]]
-    sizes = key["sizes"]
-    rest = "the rest" if sizes["test"] == "all" else f"{sizes['test']} others"
-    out += ["", f"Splits (seed {key['seed']}): R = {sizes['repair']} images of --data (also the "
-            f"calibration set), V = {sizes['validation']} images of --test-data, T = {rest} of "
-            f"--test-data. AdaRound and QDrop {key['config']['adaround_iters']} iterations per "
-            "layer or block. Per-channel weights, first "
+    out += ["", f"Splits: {key['sizes']}, seed {key['seed']}; AdaRound "
+            f"{key['config']['adaround_iters']} iterations per layer. Per-channel weights, first "
             "and last layer at 8 bits, min-max activation ranges; every method starts from the "
             "same RTN model (rtn_mse is quantized anew with MSE clipping). CPU seconds include "
             "the quantization and, for X+qnnrepair, the baseline X. Accuracies in %.", ""]
