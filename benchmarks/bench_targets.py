@@ -5,7 +5,8 @@
 
 Per (model, setting), over the seeds present: test accuracy of qnnrepair's default against
 AdaRound and QDrop (mean over seeds, and in how many seeds it is ahead), CPU seconds as the
-ratio of medians, and AdaRound + qnnrepair against AdaRound seed by seed. Accuracy in %, on T;
+ratio of medians, and AdaRound + qnnrepair against AdaRound (QDrop + qnnrepair against QDrop)
+seed by seed. Accuracy in %, on T;
 the choices inside every method saw only R and V.
 """
 
@@ -40,8 +41,9 @@ def test(row: dict) -> float:
 
 def check(rows: list[dict]) -> list[str]:
     lines = ["| model, setting | seeds | float | AdaRound | QDrop | qnnrepair | ahead of AdaRound "
-             "(seeds) | CPU qnnrepair / AdaRound | AdaRound+qnnrepair minus AdaRound, per seed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(seeds) | CPU qnnrepair / AdaRound | AdaRound+qnnrepair minus AdaRound, per seed | "
+             "QDrop+qnnrepair minus QDrop, per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (model, setting), by_method in cells(rows).items():
         ada, ours = by_method.get("adaround", {}), by_method.get("qnnrepair", {})
         seeds = sorted(set(ada) & set(ours))
@@ -54,12 +56,15 @@ def check(rows: list[dict]) -> list[str]:
         ratio = median(ours[s]["cpu_s"] for s in seeds) / median(ada[s]["cpu_s"] for s in seeds)
         diffs = ", ".join(f"{test(stacked[s]) - test(ada[s]):+.2f}" for s in seeds
                           if s in stacked)
+        on_qdrop = by_method.get("qdrop+qnnrepair", {})
+        qdiffs = ", ".join(f"{test(on_qdrop[s]) - test(qdrop[s]):+.2f}" for s in seeds
+                           if s in on_qdrop and s in qdrop)
         q = f"{mean(test(qdrop[s]) for s in seeds if s in qdrop):.2f}" if qdrop else "-"
         lines.append(
             f"| {model} {setting.upper()} | {', '.join(map(str, seeds))} | {fl:.2f} | "
             f"{mean(test(ada[s]) for s in seeds):.2f} | {q} | "
             f"{mean(test(ours[s]) for s in seeds):.2f} | {ahead} of {len(seeds)} | "
-            f"{ratio:.2f} | {diffs or '-'} |")
+            f"{ratio:.2f} | {diffs or '-'} | {qdiffs or '-'} |")
     return lines
 
 
