@@ -115,12 +115,17 @@ def test_missing_output_folder(files, capsys):
     assert code == 2 and "does not exist" in err
 
 
-def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
+def bench_argv(files):
+    """A results folder and a small W3A4 bench command line writing into it."""
     out = files / "results"
     out.mkdir()
-    argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
-            str(files / "data.npz"), "--test-data", str(files / "test.npz"), "--settings", "w3a4",
-            "--n-repair", "40", "--n-validation", "40", "--output", str(out)]
+    return out, ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
+                 str(files / "data.npz"), "--test-data", str(files / "test.npz"), "--settings",
+                 "w3a4", "--n-repair", "40", "--n-validation", "40", "--output", str(out)]
+
+
+def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
+    out, argv = bench_argv(files)
     code, text, err = run(capsys, *argv)
     assert code == 0, err
     rows = json.loads((out / "bench.json").read_text())["rows"]
@@ -138,11 +143,7 @@ def test_bench_writes_table_json_and_plot_and_resumes(files, capsys):
 
 
 def test_bench_runs_the_methods_asked_for(files, capsys):
-    out = files / "results"
-    out.mkdir()
-    argv = ["bench", "--checkpoint", f"{MODEL}={files / 'weights.pt'}", "--data",
-            str(files / "data.npz"), "--test-data", str(files / "test.npz"), "--settings", "w3a4",
-            "--n-repair", "40", "--n-validation", "40", "--output", str(out)]
+    out, argv = bench_argv(files)
     code, _, err = run(capsys, *argv, "--methods", "rtn", "squant", "--on-top", "squant")
     assert code == 0, err
     rows = json.loads((out / "bench.json").read_text())["rows"]
