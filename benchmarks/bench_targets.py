@@ -6,8 +6,7 @@
 Per (model, setting), over the seeds present: test accuracy of qnnrepair's default against
 AdaRound and QDrop (mean over seeds, and in how many seeds it is ahead), CPU seconds as the
 ratio of medians, and AdaRound + qnnrepair against AdaRound (QDrop + qnnrepair against QDrop)
-seed by seed. Accuracy in %, on T;
-the choices inside every method saw only R and V.
+seed by seed. Accuracy in %, on T; the choices inside every method saw only R and V.
 """
 
 from __future__ import annotations
