@@ -170,6 +170,29 @@ def test_a_registered_backend_is_chosen_by_name(case, toy_backend):
         register_backend("toy")(CountingBackend)
 
 
+class ClosingBackend(CountingBackend):
+    """A backend with resources to release: close() is called by whoever made it."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_fit_closes_the_backend_it_made_and_not_a_given_one(case):
+    qmodel, r_x, r_y, v_x, v_y = case
+    made: list[ClosingBackend] = []
+    register_backend("closing")(lambda n_workers=1: made.append(ClosingBackend()) or made[-1])
+    try:
+        Repairer(preset("default", backend="closing", **SETTINGS)).fit(qmodel, r_x, r_y, v_x, v_y)
+    finally:
+        BACKENDS.pop("closing", None)
+    assert len(made) == 1 and made[0].calls and made[0].closed
+    given = ClosingBackend()
+    Repairer(preset("default", **SETTINGS), backend=given).fit(qmodel, r_x, r_y, v_x, v_y)
+    assert given.calls and not given.closed
+
+
 def test_an_unregistered_backend_is_refused():
     with pytest.raises(QnnRepairError, match="unknown backend 'toy'"):
         preset("default", backend="toy")

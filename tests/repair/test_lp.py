@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.repair.lp import (
+    LocalPool,
     MarginProblem,
     NeuronProblem,
     get_formulation,
@@ -404,6 +405,19 @@ def test_solve_many_same_in_serial_and_in_a_pool():
             if name == "solve_seconds":
                 continue
             np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
+
+
+def test_local_pool_keeps_its_workers_across_calls_until_closed():
+    problems = many_problems()
+    with LocalPool(n_workers=2) as pool:
+        first = pool.solve(problems)
+        workers = {p.pid for p in pool._pool._processes.values()}
+        second = pool.solve(problems)
+        assert {p.pid for p in pool._pool._processes.values()} == workers
+    assert pool._pool is None  # closed by the with block; a new call starts new workers
+    assert [r.delta_weight.tolist() for r in first] == [r.delta_weight.tolist() for r in second]
+    assert len(pool.solve(problems)) == len(problems)
+    pool.close()
 
 
 def test_problems_solve_as_their_functions_do():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -79,7 +80,16 @@ class Repairer:
         self._rank(qmodel, repair_images, repair_labels, ranking, show_progress)
         self.timings_["localize"] = time.perf_counter() - start
         targets = Targets.of(qmodel, repair_images, repair_labels, cfg.localization.oracle)
-        backend, cache = self._backend(), FitCache()
+        with self._backend() as backend:
+            self._loop(qmodel, repair_images, targets, validation_images, validation_labels,
+                       backend, show_progress)
+        self.timings_["total"] = time.perf_counter() - start
+        return self
+
+    def _loop(self, qmodel, repair_images, targets, validation_images, validation_labels,
+              backend, show_progress) -> None:
+        """The acceptance loop: candidates from the top of the ranking, judged on V."""
+        cfg, cache = self.config, FitCache()
         rule = cfg.acceptance
         guard = Guard(qmodel.float_model, validation_images, validation_labels, rule.criterion,
                       rule.min_gain)
@@ -118,13 +128,11 @@ class Repairer:
             elif rule.patience is not None and worse >= rule.patience:
                 break
         self.timings_["repair_loop"] = time.perf_counter() - loop_start
-        self.timings_["total"] = time.perf_counter() - start
         self.repaired_ = best_model
         self.validation_accuracy_ = {"float": float_val, "quantized": quantized.accuracy,
                                      "repaired": best.accuracy}
         self.validation_divergence_ = {"quantized": quantized.divergence,
                                        "repaired": best.divergence}
-        return self
 
     def repair_neurons(self, qmodel: QuantizedModel, neurons: Sequence[Neuron],
                        repair_images: torch.Tensor, repair_labels: torch.Tensor
@@ -133,9 +141,9 @@ class Repairer:
         candidate for them, its changes, and its LP count and solve times. For experiments that
         compare rankings at a fixed number of neurons; every LP is solved afresh."""
         targets = Targets.of(qmodel, repair_images, repair_labels, self.config.localization.oracle)
-        candidate, changes, solved = build_candidate(qmodel, list(neurons), repair_images,
-                                                     targets, self.config, self._backend(),
-                                                     FitCache())
+        with self._backend() as backend:
+            candidate, changes, solved = build_candidate(qmodel, list(neurons), repair_images,
+                                                         targets, self.config, backend, FitCache())
         return candidate, changes, _step(list(neurons), solved)
 
     def schedule(self, n_neurons: int) -> list[int]:
@@ -158,11 +166,13 @@ class Repairer:
             raise QnnRepairError(f"the ranking names layers the model does not have: "
                                  f"{', '.join(unknown)}; rank this model's neurons")
 
-    def _backend(self) -> LPBackend:
+    def _backend(self) -> AbstractContextManager[LPBackend]:
+        """The given backend (its owner closes it), or the configured one, closed after use."""
         if self.backend is not None:
-            return self.backend
+            return nullcontext(self.backend)
         execution = self.config.execution
-        return make_backend(execution.backend, n_workers=execution.n_workers)
+        backend = make_backend(execution.backend, n_workers=execution.n_workers)
+        return closing(backend) if hasattr(backend, "close") else nullcontext(backend)
 
     def _out_of_time(self, loop_start: float) -> bool:
         budget = self.config.acceptance.time_budget_s

@@ -1,6 +1,7 @@
 """Where LPs are solved: a backend takes a list of problems and returns their results in order.
 
-The engine only calls ``backend.solve(problems)``; the local process pool is the default, and
+The engine calls ``backend.solve(problems)``, and ``backend.close()`` (where the backend has one)
+at the end of a fit on a backend it made itself; the local process pool is the default, and
 another backend (a cluster) registers itself with ``@register_backend("name")`` and is chosen
 by name in ExecutionConfig. Every solve is single-threaded and deterministic, so results do not
 depend on the backend or the number of workers (only ``solve_seconds`` does).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 from qnnrepair.errors import QnnRepairError
@@ -30,24 +32,45 @@ def solve_one(problem: LPProblem) -> LPResult:
 class LocalPool:
     """Solves LPs in a process pool on this machine (in this process when n_workers is 1).
 
-    "fork" by default: workers need no re-import (torch data loaders do the same on Linux), and
-    scripts without a __main__ guard keep working; the LP code uses no torch. "spawn" is safe
-    with threads in the parent and imports only the numpy + highspy LP modules.
+    The pool starts at the first call that has LPs for two workers and serves every later call
+    until `close()` (or the end of a `with` block): forking a process that holds a model and its
+    activations costs about 0.1 s of CPU, and a fit calls `solve` once per layer and candidate
+    (about 100 times on ResNet-20), so a pool per call spent a fifth of a repair's CPU starting
+    workers. "fork" by default: workers need no re-import (torch data loaders do the same on
+    Linux), and scripts without a __main__ guard keep working; the LP code uses no torch.
+    "spawn" is safe with threads in the parent and imports only the numpy + highspy LP modules.
     """
 
     def __init__(self, n_workers: int = 2, mp_context: str = "fork") -> None:
         if n_workers < 1:
             raise QnnRepairError(f"n_workers must be at least 1, got {n_workers}")
         self.n_workers, self.mp_context = n_workers, mp_context
+        self._pool: ProcessPoolExecutor | None = None
 
     def solve(self, problems: Sequence[LPProblem]) -> list[LPResult]:
         problems = list(problems)
         if self.n_workers <= 1 or len(problems) <= 1:
             return [p.solve() for p in problems]
-        context = multiprocessing.get_context(self.mp_context)
-        with ProcessPoolExecutor(max_workers=min(self.n_workers, len(problems)),
-                                 mp_context=context) as pool:
-            return list(pool.map(solve_one, problems))
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.n_workers, mp_context=multiprocessing.get_context(self.mp_context))
+        try:
+            return list(self._pool.map(solve_one, problems))
+        except BrokenProcessPool:  # a worker died (killed, out of memory): start anew next time
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the workers; a later `solve` starts new ones."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"LocalPool(n_workers={self.n_workers}, mp_context={self.mp_context!r})"
@@ -70,4 +93,5 @@ def make_backend(name: str, **options) -> LPBackend:
 def solve_many(problems: Sequence[LPProblem], n_workers: int = 1, *,
                mp_context: str = "spawn") -> list[LPResult]:
     """Solve independent LPs on the local pool; results in input order."""
-    return LocalPool(n_workers, mp_context).solve(problems)
+    with LocalPool(n_workers, mp_context) as pool:
+        return pool.solve(problems)
