@@ -41,6 +41,11 @@ CONFIGS = {
                                           "hidden_rows": 128},
     "gradient-geometric-kl-all-rows64": {"metric": "gradient", "patience": None,
                                          "hidden_rows": 64},
+    "gradient-geometric-kl-all-rows64-growth8": {"metric": "gradient", "patience": None,
+                                                 "hidden_rows": 64, "growth": 8},
+    "gradient-geometric-kl-all-rows64-growth8-images512": {
+        "metric": "gradient", "patience": None, "hidden_rows": 64, "growth": 8,
+        "summary_pixels": 2**19},
 }
 
 
