@@ -13,6 +13,7 @@ Writes benchmarks/results/<name>.md and .json (resumable).
 from __future__ import annotations
 
 import argparse
+from statistics import mean, median
 from pathlib import Path
 
 from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload
@@ -112,7 +113,29 @@ def render(rows: list[dict], meta: dict) -> str:
                    f"{r['kl']['repaired']:.4f} | {acc['test']['repaired']:.2f} | "
                    f"{acc['repair']['repaired']:.2f} | {r['neurons']} | {r['lps']} | "
                    f"{r['cpu_s']:.0f} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + summary(rows)) + "\n"
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Per configuration over the cells where every configuration ran: means of V accuracy,
+    V KL and T accuracy, and the median CPU seconds (what a choice of default weighs)."""
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["setting"], r["seed"]), {})[r["config"]] = r
+    complete = [c for c in cells.values() if len(c) == len(configs)]
+    if len(configs) < 2 or len(complete) < 2:
+        return []
+    out = ["", f"Over the {len(complete)} cells where all {len(configs)} configurations ran "
+           "(means; median CPU s):", "",
+           "| configuration | V acc | V KL | T acc | CPU s |", "|---|---|---|---|---|"]
+    for name in configs:
+        got = [c[name] for c in complete]
+        out.append(f"| {name} | {mean(r['accuracy']['validation']['repaired'] for r in got):.2f}"
+                   f" | {mean(r['kl']['repaired'] for r in got):.4f} | "
+                   f"{mean(r['accuracy']['test']['repaired'] for r in got):.2f} | "
+                   f"{median(r['cpu_s'] for r in got):.0f} |")
+    return out
 
 
 if __name__ == "__main__":
