@@ -1,7 +1,7 @@
 """Choosing the repair default on validation: candidate configurations side by side.
 
     python benchmarks/defaults.py [--model resnet20] [--settings w3a8 w4a4] [--seeds 0]
-        [--configs NAME ...] [--name defaults] [--fresh]
+        [--configs NAME ...] [--name defaults] [--merge NAME ...] [--fresh]
 
 Each configuration is a set of overrides of `preset("default")`; every one runs on the same
 workload (R = 1,000 CIFAR-10 training images, also the calibration set; V = 1,000 images drawn
@@ -13,6 +13,7 @@ Writes benchmarks/results/<name>.md and .json (resumable).
 from __future__ import annotations
 
 import argparse
+import json
 from statistics import mean, median
 from pathlib import Path
 
@@ -60,10 +61,18 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--name", default="defaults",
                         help="file stem under benchmarks/results/ (default defaults)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="NAME",
+                        help="first take the rows of these result files (a run side by side)")
     args = parser.parse_args()
     out = RESULTS / args.name
-    meta = {"command": command(), "machine": machine()}
+    meta = {"command": command(), "machine": machine(), "merged": {}}
     rows = Rows(out.with_suffix(".json"), args.fresh)
+    for name in args.merge:
+        merged = json.loads((RESULTS / f"{name}.json").read_text())
+        meta["merged"][name] = merged["meta"]["command"]
+        for row in merged["rows"]:
+            if not rows.has(**{k: row[k] for k in ("model", "setting", "seed", "config")}):
+                rows.add(row, meta)
     for seed in args.seeds:
         work = workload(args.model, args.shared, seed=seed)
         images = {s: (work.images(s), work.labels(s)) for s in SPLIT_NAMES}
@@ -97,7 +106,10 @@ def render(rows: list[dict], meta: dict) -> str:
            "R = 1,000 CIFAR-10 training images (also the calibration set), V = 1,000 images "
            "drawn from the test file, T = the other 9,000. V columns decide; T is reported. "
            "CPU seconds include the LP worker processes.", "",
-           f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}", "",
+           f"Command: `{meta['command']}`  ",
+           *(f"Rows merged from {name}.json: `{cmd}`  "
+             for name, cmd in meta.get("merged", {}).items()),
+           f"Machine: {meta['machine']}", "",
            "| model, setting, seed | configuration | V acc | V KL | T acc | R acc | neurons "
            "changed | LPs | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
