@@ -6,7 +6,8 @@
 Per (model, setting), over the seeds present: test accuracy of qnnrepair's default against
 AdaRound and QDrop (mean over seeds, and in how many seeds it is ahead), its median CPU
 seconds and their ratio to AdaRound's, and AdaRound + qnnrepair against AdaRound (QDrop +
-qnnrepair against QDrop) seed by seed. Accuracy in %, on T; the choices inside every method saw only R and V.
+qnnrepair against QDrop) seed by seed. Accuracy in %, on T; the choices inside every method
+saw only R and V.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def test(row: dict) -> float:
 
 def check(rows: list[dict]) -> list[str]:
     lines = ["| model, setting | seeds | float | AdaRound | QDrop | qnnrepair | ahead of AdaRound "
-             "(seeds) | qnnrepair CPU s | CPU qnnrepair / AdaRound | AdaRound+qnnrepair minus AdaRound, per seed | "
+             "(seeds) | qnnrepair CPU s | CPU qnnrepair / AdaRound | "
+             "AdaRound+qnnrepair minus AdaRound, per seed | "
              "QDrop+qnnrepair minus QDrop, per seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, setting), by_method in cells(rows).items():

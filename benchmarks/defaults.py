@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from statistics import mean, median
 from pathlib import Path
+from statistics import mean, median
 
 from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workload
 
