@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.quantization import QuantConfig, QuantConv2d, QuantLinear, fold_batchnorm, quantize
-from qnnrepair.quantization.primitives import activation_qparams, weight_scale
+from qnnrepair.quantization.primitives import (
+    activation_qparams,
+    fake_quantize_activation,
+    weight_scale,
+)
 from qnnrepair.testing import example_inputs, tiny_conv_net
 
 
@@ -157,3 +161,23 @@ def test_save_load_round_trips_exactly(tmp_path):
     assert torch.equal(loaded.model(x), qmodel.model(x))
     assert torch.equal(loaded.float_model(x), qmodel.float_model(x))
     assert [f.name for f in tmp_path.iterdir()] == ["q.qnn"], "temporary file left behind"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fake_quantize_activation_in_place_path_equals_the_autograd_one(dtype, bits):
+    """Without autograd the function works in place on a copy; it must give the same bits as
+    the out-of-place formula (the repair's decisions depend on them) and leave x alone."""
+    generator = torch.Generator().manual_seed(bits)
+    x = torch.randn(64, 8, 5, 5, generator=generator, dtype=dtype) * 3
+    x_before = x.clone()
+    for scale, zero_point in [(0.037, 7), (torch.tensor(0.011), torch.tensor(0))]:
+        with torch.no_grad():
+            fast = fake_quantize_activation(x, scale, zero_point, bits)
+        reference = torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1)
+        reference = (reference - zero_point) * scale
+        assert torch.equal(fast, reference) and fast.dtype == reference.dtype
+        assert torch.equal(x, x_before)
+        tracked = x.clone().requires_grad_(True)
+        slow = fake_quantize_activation(tracked, scale, zero_point, bits)
+        assert torch.equal(slow.detach(), reference)

@@ -61,8 +61,13 @@ def fake_quantize_activation(
     x: torch.Tensor, scale: float | torch.Tensor, zero_point: int | torch.Tensor, bits: int
 ) -> torch.Tensor:
     """Quantize to the unsigned grid and dequantize: what the integer kernel sees, in real units."""
-    q = torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1)
-    return (q - zero_point) * scale
+    if torch.is_grad_enabled() and x.requires_grad:
+        q = torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1)
+        return (q - zero_point) * scale
+    # The same operations in place on one new tensor: 3 to 5 times faster on CIFAR activations,
+    # a third of a quantized forward pass before (the repair makes a few passes per candidate).
+    q = torch.div(x, scale).round_().add_(zero_point).clamp_(0, 2**bits - 1)
+    return q.sub_(zero_point).mul_(scale)
 
 
 def calibrate_range(samples: torch.Tensor, lo: float, hi: float, bits: int, method: str,
