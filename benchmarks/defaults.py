@@ -65,8 +65,9 @@ def main() -> None:
                         help="first take the rows of these result files (a run side by side)")
     args = parser.parse_args()
     out = RESULTS / args.name
-    meta = {"command": command(), "machine": machine(), "merged": {}}
     rows = Rows(out.with_suffix(".json"), args.fresh)
+    meta = {"command": command(), "machine": machine(),
+            "merged": {} if args.fresh else earlier_merges(out.with_suffix(".json"))}
     for name in args.merge:
         merged = json.loads((RESULTS / f"{name}.json").read_text())
         meta["merged"][name] = merged["meta"]["command"]
@@ -99,6 +100,12 @@ def main() -> None:
                 print(f"{setting} seed {seed} {name}: V {row['accuracy']['validation']}"
                       f" T {row['accuracy']['test']} {clock.cpu:.0f} CPU s", flush=True)
     out.with_suffix(".md").write_text(render(rows.rows, meta))
+
+
+def earlier_merges(path: Path) -> dict[str, str]:
+    """The merged files (name: command) recorded in an earlier run's results, so that a resumed
+    run still names where its merged rows came from."""
+    return json.loads(path.read_text())["meta"].get("merged", {}) if path.exists() else {}
 
 
 def render(rows: list[dict], meta: dict) -> str:
