@@ -142,6 +142,36 @@ def test_a_larger_candidate_solves_only_the_new_lps(case):
             assert torch.equal(state[key], value), f"{key}: a cached candidate differs"
 
 
+def test_the_float_layers_of_a_fit_are_recorded_in_one_pass_with_the_same_rows(case,
+                                                                              monkeypatch):
+    """A fit names every layer it may repair (FitCache.float_layers): the first candidate
+    records all their float rows in one pass, later candidates none, and each layer's rows
+    equal those recorded for it alone."""
+    import qnnrepair.repair.candidate as candidate_module
+
+    qmodel, images, targets, config = case
+    passes = []
+    record = candidate_module.record_float_rows
+
+    def counted(qm, layers, *args, **kwargs):
+        passes.append(list(layers))
+        return record(qm, layers, *args, **kwargs)
+
+    monkeypatch.setattr(candidate_module, "record_float_rows", counted)
+    cache = FitCache(float_layers=["conv1", "conv2"])
+    build_candidate(qmodel, [Neuron("conv1", 0)], images, targets, config, RecordingBackend(),
+                    cache)
+    build_candidate(qmodel, [Neuron("conv1", 0), Neuron("conv2", 1)], images, targets, config,
+                    RecordingBackend(), cache)
+    assert passes == [["conv1", "conv2"]]
+    alone = FitCache()
+    build_candidate(qmodel, [Neuron("conv2", 1)], images, targets, config, RecordingBackend(),
+                    alone)
+    assert passes[1:] == [["conv2"]]
+    (key,) = [k for k in alone.float_rows if k[0] == "conv2"]
+    assert np.array_equal(alone.float_rows[key], cache.float_rows[key])
+
+
 def test_repairer_solves_each_lp_key_once_per_fit(case):
     """Passed as `Repairer(config, backend=...)`, the backend sees exactly one problem per
     distinct (layer, neurons, upstream) over all candidates of the fit."""

@@ -15,10 +15,10 @@ and no outcome (failing/passing): the float model's output is the reference, so 
 counts, weighted by how far Q's output is from F's on it.
 
 The quantized layers round their inputs (torch.round, gradient 0). GradientBlame takes the
-gradient through them straight-through: each quantized layer's output is re-expressed as
-`output + (W x' - W x'.detach())` with x' its input masked to the clamping range, which leaves
-the forward values bit for bit as they were and lets dD/dx flow as if rounding were the
-identity inside the range and a flat clamp outside it (the clipped straight-through estimator).
+gradient through them straight-through: each quantized layer's output keeps its forward values
+bit for bit, and its backward is that of W x', x' the input masked to the clamping range, so
+dD/dx flows as if rounding were the identity inside the range and a flat clamp outside it (the
+clipped straight-through estimator).
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class _StraightThrough:
                                  "layers")
         x = inputs[0]
         if isinstance(module, ROUNDING_LAYERS) and x.requires_grad:
-            output = output.detach() + _straight_through_part(module, x)
+            output = _ClippedStraightThrough.apply(output.detach(), x, module)
         layer = self.names.get(id(module))
         if layer is not None:
             if layer in self._outputs:
@@ -281,20 +281,30 @@ class _StraightThrough:
         return logits, outputs
 
 
-def _straight_through_part(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Zero in value, W x_in in gradient: x_in is x where the input quantizer does not clamp
-    (there rounding moves x by at most half a step), 0 where it does."""
-    with torch.no_grad():
+class _ClippedStraightThrough(torch.autograd.Function):
+    """A quantized layer's output, unchanged in value; in gradient, the gradient of W x_in,
+    x_in being the input where the layer's input quantizer does not clamp (there rounding
+    moves it by at most half a step) and 0 where it does. The backward computes that gradient
+    directly, so the forward pass runs no second convolution."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         step = module.input_scale
         inside = (module.quantize_input(x) - x).abs() <= 0.5 * step * (1 + 1e-4) + 1e-12
-    x_in = x * inside
-    weight = module.dequantized_weight()
-    if weight.dim() == 4:
-        linear = F.conv2d(x_in, weight, None, module.stride, module.padding, module.dilation,
-                          module.groups)
-    else:
-        linear = F.linear(x_in, weight)
-    return linear - linear.detach()
+        ctx.save_for_backward(inside)
+        ctx.module, ctx.x_shape = module, x.shape
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,), module = ctx.saved_tensors, ctx.module
+        weight = module.dequantized_weight()
+        if weight.dim() == 4:
+            grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight, grad, module.stride,
+                                                module.padding, module.dilation, module.groups)
+        else:
+            grad_x = grad.matmul(weight)
+        return None, grad_x * inside, None
 
 
 class _Replacement:

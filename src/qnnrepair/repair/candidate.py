@@ -69,10 +69,15 @@ class Targets:
 @dataclass
 class FitCache:
     """What one fit reuses across candidates: solved LPs by (layer, neurons, upstream), and
-    each layer's float rows by (layer, rows, images) (the float model never changes)."""
+    each layer's float rows by (layer, rows, images) (the float model never changes).
+
+    `float_layers`: the layers whose in-pass float rows the fit will need. The first candidate
+    that needs any records them all, in one float pass, instead of one partial pass per
+    candidate (a layer's rows do not depend on which layers are recorded with it)."""
 
     results: dict[tuple, LPResult] = field(default_factory=dict)
     float_rows: dict[tuple, np.ndarray] = field(default_factory=dict)
+    float_layers: list[str] = field(default_factory=list)
 
 
 def build_candidate(qmodel: QuantizedModel, neurons: list[Neuron], images: torch.Tensor,
@@ -92,6 +97,11 @@ class LayerStep:
     name: str
     formulation: Formulation
     keys: list[tuple]
+
+
+def pass_layers(qmodel: QuantizedModel, neurons: list[Neuron], config: RepairConfig) -> list[str]:
+    """The layers of `neurons` whose rows are recorded in a candidate's pass (FitCache)."""
+    return [step.name for step in plan(qmodel, neurons, config) if step.formulation.pass_rows]
 
 
 def plan(qmodel: QuantizedModel, neurons: list[Neuron], config: RepairConfig) -> list[LayerStep]:
@@ -168,6 +178,8 @@ class _Build:
         absent = [s.name for s in steps if self.missing(s)
                   and (s.name, rows_key) not in self.cache.float_rows]
         if absent:
+            absent += [name for name in self.cache.float_layers if name not in absent
+                       and (name, rows_key) not in self.cache.float_rows]
             found = record_float_rows(self.candidate, absent, subset, n_rows, seed)
             self.cache.float_rows.update({(name, rows_key): rows for name, rows in found.items()})
         by_name, visited = dict(zip(names, steps)), []

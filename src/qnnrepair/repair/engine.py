@@ -18,7 +18,13 @@ from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
 from qnnrepair.quantization import QuantizedModel, batches
 from qnnrepair.repair.acceptance import Guard, Score
-from qnnrepair.repair.candidate import FitCache, NeuronChange, Targets, build_candidate
+from qnnrepair.repair.candidate import (
+    FitCache,
+    NeuronChange,
+    Targets,
+    build_candidate,
+    pass_layers,
+)
 from qnnrepair.repair.config import RepairConfig
 from qnnrepair.repair.layers import layer_names
 from qnnrepair.repair.lp import LPBackend, make_backend
@@ -89,7 +95,7 @@ class Repairer:
     def _loop(self, qmodel, repair_images, targets, validation_images, validation_labels,
               backend, show_progress) -> None:
         """The acceptance loop: candidates from the top of the ranking, judged on V."""
-        cfg, cache = self.config, FitCache()
+        cfg = self.config
         rule = cfg.acceptance
         guard = Guard(qmodel.float_model, validation_images, validation_labels, rule.criterion,
                       rule.min_gain)
@@ -100,6 +106,7 @@ class Repairer:
         self.changes_: list[NeuronChange] = []
         loop_start = time.perf_counter()
         ranking = self.ranking_[: rule.max_neurons or None]
+        cache = FitCache(float_layers=pass_layers(qmodel, ranking, cfg))
         on_best = rule.schedule == "blocks"  # else every candidate starts from qmodel
         worse = 0  # candidates in a row that made the criterion worse
         for first, stop in progress(rule.candidates(len(ranking)), show_progress,
