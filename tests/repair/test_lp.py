@@ -516,6 +516,41 @@ def test_match_keeps_the_columns_that_explain_the_mismatch_and_can_move():
     assert Match.columns(a, z, frozen, 3).tolist() == [0, 1, 2]
 
 
+def test_match_lps_of_a_grouped_layer_take_their_groups_inputs_and_their_own_residual():
+    """The match LPs of a layer are built for all neurons of a group at once (matrix products);
+    each equals the per-neuron definition: its group's columns, z = rhs(its residual), the
+    bias from the mean of its residual."""
+    from qnnrepair.repair.activations import LayerRecord
+    from qnnrepair.repair.config import LPConfig
+    from qnnrepair.repair.lp import LayerLP, get_formulation
+    from qnnrepair.repair.summary import RowSummary
+
+    rng = np.random.default_rng(0)
+    n, fan_in, groups, out = 200, 3, 2, 4  # channels 0, 1 see columns 0-2; 2, 3 see 3-5
+    record = LayerRecord(rng.normal(size=(n, fan_in * groups)),
+                         float_out=rng.normal(size=(n, out)).astype(np.float32),
+                         image=np.arange(n), fan_in=fan_in, groups=groups, out_channels=out)
+    weight = rng.integers(-3, 4, size=(out, fan_in))
+    scale, bias = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.5, -0.5, 0.0, 1.0])
+    config = LPConfig()
+    layer = LayerLP(name="l", is_output=False, weight=weight, scale=scale, bias=bias,
+                    domain=None, target=np.zeros(n, np.int64), usable=np.ones(n, bool),
+                    failing=np.zeros(n, bool), record=lambda *_: record, n_rows=3,
+                    options=config.options(7), config=config, seed=0)
+    match = get_formulation("match", output=False)
+    for c in range(out):
+        problem = match.build(layer, (c,))
+        cols = slice(c // 2 * fan_in, (c // 2 + 1) * fan_in)
+        summary = RowSummary.of(record.inputs[:, cols], 3)
+        residual = record.float_out[:, c] - (scale[c] * (record.inputs[:, cols] @ weight[c])
+                                             + bias[c])
+        z = summary.rhs(residual)
+        np.testing.assert_allclose(problem.target, scale[c] * (summary.rows @ weight[c])
+                                   + bias[c] + z, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(problem.bias_from[1], residual.mean(), rtol=1e-12)
+        np.testing.assert_array_equal(problem.bias_from[0], summary.mean)
+
+
 def test_match_lp_of_a_neuron_with_constant_inputs_changes_no_weight():
     """A layer whose inputs never vary on R (seen: channels dead after W4A8 on MobileNetV2)
     has no direction to match: the match LP keeps its weights and still takes the mean

@@ -27,6 +27,17 @@ def test_full_summary_reproduces_the_least_squares_objective():
     assert np.isclose(direct - direct2, summarized - summarized2, rtol=1e-8)
 
 
+def test_the_rhs_of_several_residuals_at_once_is_each_ones_rhs():
+    x = _inputs()
+    s = RowSummary.of(x, k=8)
+    residuals = np.random.default_rng(4).normal(size=(len(x), 3)) + [0.0, 5.0, -2.0]
+    together = s.rhs(residuals)
+    assert together.shape == (len(s.sqrt_eig), 3)
+    for j in range(3):
+        np.testing.assert_allclose(together[:, j], s.rhs(residuals[:, j]), rtol=1e-10,
+                                   atol=1e-12)
+
+
 def test_randomized_top_directions_match_the_full_eigendecomposition(monkeypatch):
     x = _inputs()
     exact = RowSummary.of(x, k=5)

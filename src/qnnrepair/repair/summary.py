@@ -52,9 +52,11 @@ class RowSummary:
         return self.sqrt_eig[:, None] * self.directions.T
 
     def rhs(self, residual: np.ndarray) -> np.ndarray:
-        """z for a residual r (N,): what A u should equal."""
-        g = self.centred.T @ (residual - residual.mean()) / len(residual)
-        return (self.directions.T @ g) / self.sqrt_eig
+        """z for a residual r (N,): what A u should equal; for residuals (N, m) of m neurons
+        sharing these inputs, their z side by side (K, m), in two matrix products."""
+        g = self.centred.T @ (residual - residual.mean(axis=0)) / len(residual)
+        z = self.directions.T @ g
+        return z / self.sqrt_eig.reshape((-1,) + (1,) * (z.ndim - 1))
 
 
 # Above this fan-in the J x J covariance and its full eigendecomposition cost minutes (Conv3's

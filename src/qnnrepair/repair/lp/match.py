@@ -7,10 +7,16 @@ over-fitted at W4A4: validation 95.8 % from 256 images, 96.6 % from 1,000).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from qnnrepair.repair.lp.formulation import Formulation, LayerLP, register_formulation
 from qnnrepair.repair.lp.neuron import NeuronProblem
+
+if TYPE_CHECKING:
+    from qnnrepair.repair.summary import RowSummary
 
 
 @register_formulation("match")
@@ -18,18 +24,16 @@ class Match(Formulation):
     pass_rows = True
 
     def build(self, layer: LayerLP, owner: tuple[int, ...]) -> NeuronProblem:
-        from qnnrepair.repair.summary import RowSummary  # torch: only where problems are built
-
         (c,) = owner
         rows = layer.record(layer.config.summary_samples, None)
         cols = rows.columns(c)
-        summaries = layer.memo.setdefault("summaries", {})
-        if cols.start not in summaries:  # one per group of a grouped conv
-            summaries[cols.start] = RowSummary.of(rows.inputs[:, cols], layer.n_rows, layer.seed)
-        summary = summaries[cols.start]
+        groups = layer.memo.setdefault("groups", {})
+        if cols.start not in groups:  # one per group of a grouped conv
+            groups[cols.start] = _Group.of(layer, rows, cols)
+        group = groups[cols.start]
+        summary, j = group.summary, c - group.first
         weight, scale, bias = layer.weight[c], float(layer.scale[c]), float(layer.bias[c])
-        residual = rows.float_out[:, c] - (scale * (rows.inputs[:, cols] @ weight) + bias)
-        a, z = summary.rows, summary.rhs(residual)
+        a, z = summary.rows, group.z[:, j]
         if len(a) == 0:  # constant inputs (a dead channel): only the mean is left to match
             a, z = np.zeros((1, a.shape[1])), np.zeros(1)
         # a(d) - target = s A (q + d) + bias - target = s A d - z: pass target accordingly
@@ -37,7 +41,7 @@ class Match(Formulation):
         bounds = layer.delta_bounds(c)
         return NeuronProblem(a, target, weight, scale, bias, mode="match",
                              delta_bounds=bounds, fit_bias=False, max_rows=len(a),
-                             bias_from=(summary.mean, float(residual.mean())),
+                             bias_from=(summary.mean, float(group.residual_mean[j])),
                              count_offset=layer.config.count_offset,
                              columns=self.columns(a, z, bounds, layer.config.max_columns),
                              **layer.options)
@@ -53,3 +57,29 @@ class Match(Formulation):
         if bounds is not None:
             pull[(bounds[0] == 0) & (bounds[1] == 0)] = -1.0  # cannot move
         return np.sort(np.argsort(-pull, kind="stable")[:max_columns])
+
+
+@dataclass(frozen=True)
+class _Group:
+    """What the LPs of one group of a layer (all its neurons unless the conv is grouped) share:
+    the summary of their inputs, and each neuron's residual (float pre-activation minus the
+    quantized one) reduced to its mean and its right-hand side z, for all neurons at once
+    (matrix products instead of two matrix-vector products per neuron)."""
+
+    first: int  # the group's first channel
+    summary: RowSummary
+    z: np.ndarray  # (K, channels of the group)
+    residual_mean: np.ndarray  # (channels of the group,)
+
+    @classmethod
+    def of(cls, layer: LayerLP, rows, cols: slice) -> _Group:
+        from qnnrepair.repair.summary import RowSummary  # torch: only where problems are built
+
+        members = [k for k in range(len(layer.weight)) if rows.columns(k) == cols]
+        first = members[0]
+        channels = slice(first, members[-1] + 1)  # a group's channels are contiguous
+        inputs = rows.inputs[:, cols]
+        summary = RowSummary.of(inputs, layer.n_rows, layer.seed)
+        quantized = (inputs @ layer.weight[channels].T.astype(np.float64)) * layer.scale[channels]
+        residual = rows.float_out[:, channels] - (quantized + layer.bias[channels])
+        return cls(first, summary, summary.rhs(residual), residual.mean(axis=0))
