@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -516,6 +517,12 @@ def test_match_keeps_the_columns_that_explain_the_mismatch_and_can_move():
     assert Match.columns(a, z, frozen, 3).tolist() == [0, 1, 2]
 
 
+def labels(n: int) -> SimpleNamespace:
+    """Targets (candidate.Targets) of n repair images: class 0, F right, none failing."""
+    return SimpleNamespace(label=np.zeros(n, np.int64), usable=np.ones(n, bool),
+                           failing=np.zeros(n, bool))
+
+
 def test_match_lps_of_a_grouped_layer_take_their_groups_inputs_and_their_own_residual():
     """The match LPs of a layer are built for all neurons of a group at once (matrix products);
     each equals the per-neuron definition: its group's columns, z = rhs(its residual), the
@@ -534,8 +541,7 @@ def test_match_lps_of_a_grouped_layer_take_their_groups_inputs_and_their_own_res
     scale, bias = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.5, -0.5, 0.0, 1.0])
     config = LPConfig()
     layer = LayerLP(name="l", is_output=False, weight=weight, scale=scale, bias=bias,
-                    domain=None, target=np.zeros(n, np.int64), usable=np.ones(n, bool),
-                    failing=np.zeros(n, bool), record=lambda *_: record, n_rows=3,
+                    domain=None, targets=labels(n), record=lambda *_: record, n_rows=3,
                     options=config.options(7), config=config, seed=0)
     match = get_formulation("match", output=False)
     for c in range(out):
@@ -566,8 +572,7 @@ def test_match_lp_of_a_neuron_with_constant_inputs_changes_no_weight():
     weight = np.array([[1, -2, 3, 0, 1, 1], [0, 0, 1, 1, 1, 1]])
     config = LPConfig()
     layer = LayerLP(name="l", is_output=False, weight=weight, scale=np.array([0.1, 0.1]),
-                    bias=np.zeros(2), domain=None, target=np.zeros(n, np.int64),
-                    usable=np.ones(n, bool), failing=np.zeros(n, bool),
+                    bias=np.zeros(2), domain=None, targets=labels(n),
                     record=lambda *_: record, n_rows=16, options=config.options(7),
                     config=config, seed=0)
     result = get_formulation("match", output=False).build(layer, (0,)).solve()

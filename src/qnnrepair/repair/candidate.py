@@ -9,7 +9,9 @@ candidate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import predict
 from qnnrepair.memory import release_free_memory
 from qnnrepair.neurons import Neuron
-from qnnrepair.outcomes import outcomes
+from qnnrepair.outcomes import Outcomes, outcomes
 from qnnrepair.quantization import QuantizedModel
 from qnnrepair.repair.activations import (
     LayerRecord,
@@ -52,18 +54,33 @@ class NeuronChange:
 
 @dataclass
 class Targets:
-    """Per repair image: the class to aim for, whether F gets it, whether it fails in Q."""
+    """Per repair image: the class to aim for (`label`), whether F gets it (`usable`), whether
+    it fails in Q (`failing`). Found on first use, by predicting both models over R: the
+    default hidden-layer LPs ("match") never ask, so a default fit does not pay for them."""
 
-    label: np.ndarray
-    usable: np.ndarray
-    failing: np.ndarray
+    find: Callable[[], Outcomes]
 
     @classmethod
     def of(cls, qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Tensor,
            oracle: str) -> Targets:
-        seen = outcomes(predict(qmodel.float_model, images), predict(qmodel.model, images),
-                        labels, oracle)
-        return cls(seen.target.numpy(), seen.usable.numpy(), seen.failing.numpy())
+        return cls(lambda: outcomes(predict(qmodel.float_model, images),
+                                    predict(qmodel.model, images), labels, oracle))
+
+    @cached_property
+    def _seen(self) -> Outcomes:
+        return self.find()
+
+    @property
+    def label(self) -> np.ndarray:
+        return self._seen.target.numpy()
+
+    @property
+    def usable(self) -> np.ndarray:
+        return self._seen.usable.numpy()
+
+    @property
+    def failing(self) -> np.ndarray:
+        return self._seen.failing.numpy()
 
 
 @dataclass
@@ -260,7 +277,7 @@ def layer_lp(qmodel: QuantizedModel, name: str, targets: Targets, config: Repair
         scale=layer.weight_scale.numpy().astype(np.float64),
         bias=layer.dequantized_bias().numpy().astype(np.float64),
         domain=weight_domain(qmodel, name) if lp.weight_domain == "rounding" else None,
-        target=targets.label, usable=targets.usable, failing=targets.failing,
+        targets=targets,
         record=record, n_rows=lp.max_rows if is_output else lp.hidden_rows,
         options=lp.options(qmax, qmin), config=lp, seed=config.seed)
 

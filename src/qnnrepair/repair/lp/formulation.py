@@ -44,6 +44,14 @@ class Rows(Protocol):
     def columns(self, channel: int) -> slice: ...
 
 
+class Labels(Protocol):
+    """Per repair image: the class to aim for, whether F gets it, whether it fails in Q."""
+
+    label: np.ndarray
+    usable: np.ndarray
+    failing: np.ndarray
+
+
 @dataclass
 class LayerLP:
     """One layer of the candidate model, as the formulations see it.
@@ -51,8 +59,9 @@ class LayerLP:
     `weight` (out, fan_in) integers, `scale` (out,), `bias` (out,) real; `domain` the lowest
     and highest integer each weight may take (out, fan_in) each, when deltas are restricted
     (floor and ceiling of the float weight, see candidate.weight_domain), else None;
-    `target`, `usable`, `failing` per repair image (the class to aim for, whether the float
-    model gets it, whether it fails after quantization); `record(n_samples, max_images)`
+    `targets` gives per repair image `label` (the class to aim for), `usable` (whether the float
+    model gets it) and `failing` (whether it fails after quantization), found when first read
+    (candidate.Targets), here as `target`, `usable`, `failing`; `record(n_samples, max_images)`
     records about n_samples rows from at most max_images images (None: all) spread over the
     repair set (a forward pass, done once per argument pair); `n_rows` is the row budget of
     one LP at this layer.
@@ -67,15 +76,25 @@ class LayerLP:
     scale: np.ndarray
     bias: np.ndarray
     domain: tuple[np.ndarray, np.ndarray] | None
-    target: np.ndarray
-    usable: np.ndarray
-    failing: np.ndarray
+    targets: Labels
     record: Callable[[int, int | None], Rows]
     n_rows: int
     options: dict[str, Any]
     config: Any
     seed: int
     memo: dict = field(default_factory=dict)
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.targets.label
+
+    @property
+    def usable(self) -> np.ndarray:
+        return self.targets.usable
+
+    @property
+    def failing(self) -> np.ndarray:
+        return self.targets.failing
 
     def delta_bounds(self, c: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Neuron c's allowed integers (`domain`) as deltas from its integers."""
