@@ -25,8 +25,8 @@ from qnnrepair.localization import (
     make_localizer,
     record_spectrum,
 )
-from qnnrepair.localization.blame import _StraightThrough
-from qnnrepair.quantization import QuantConfig, quantize
+from qnnrepair.localization.blame import _ClippedStraightThrough, _StraightThrough
+from qnnrepair.quantization import QuantConfig, QuantConv2d, QuantLinear, quantize
 from qnnrepair.testing import blob_data, trained_tiny_net
 
 N_INPUTS = 40
@@ -132,6 +132,57 @@ def test_gradient_flows_through_rounding(tiny):
     blame = GradientBlame().fit(qmodel.float_model, qmodel.model, qmodel.layers,
                                 [(images, labels)])
     assert all(np.abs(s).sum() > 0 for s in blame.scores_.values())
+
+
+class _Float64Linear(QuantLinear):
+    """A layer that computes in float64, as a deployed (TFLite) layer does."""
+
+    def forward(self, x):
+        return super().forward(x).double()
+
+
+def _layer(kind: str):
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, shape = QuantLinear(12, 5, 4, 4), (3, 12)
+    elif kind == "float64 linear":
+        layer, shape = _Float64Linear(12, 5, 4, 4), (3, 12)
+    elif kind == "grouped conv":  # groups, stride, uneven padding, dilation
+        layer, shape = QuantConv2d(6, 9, (3, 2), stride=2, padding=(1, 2), dilation=2,
+                                   groups=3, weight_bits=4, act_bits=4), (2, 6, 9, 8)
+    else:  # padding given as a word
+        layer, shape = QuantConv2d(4, 4, (3, 3), padding="same", weight_bits=4,
+                                   act_bits=4), (2, 4, 7, 7)
+    layer.weight_int.copy_(torch.randint(-7, 8, layer.weight_int.shape))
+    layer.weight_scale.copy_(torch.rand(layer.out_features) + 0.5)
+    layer.input_scale.fill_(0.1)
+    return layer, torch.randn(shape) * 0.6  # some of x beyond the 4-bit range [0, 1.5]
+
+
+@pytest.mark.parametrize("kind", ["linear", "float64 linear", "grouped conv", "same padding"])
+def test_straight_through_gradient_is_that_of_the_clipped_linear_part(kind):
+    """The hook keeps a layer's output and gives x the gradient of W x_in, x_in = x where the
+    input quantizer does not clamp and 0 where it does (the module docstring), computed here
+    by autograd from that definition."""
+    layer, x = _layer(kind)
+    with torch.no_grad():
+        out = layer(x)
+        inside = (layer.quantize_input(x) - x).abs() <= 0.5 * layer.input_scale * (1 + 1e-4)
+    assert 0 < inside.sum() < inside.numel(), "the case must clamp some inputs and not others"
+    grad_out = torch.randn(out.shape, dtype=out.dtype)
+    x_ref = x.clone().requires_grad_(True)
+    weight = layer.dequantized_weight()
+    if weight.dim() == 4:
+        linear = F.conv2d(x_ref * inside, weight, None, layer.stride, layer.padding,
+                          layer.dilation, layer.groups)
+    else:
+        linear = F.linear(x_ref * inside, weight)
+    (expected,) = torch.autograd.grad(linear, x_ref, grad_out.to(linear.dtype))
+    x_st = x.clone().requires_grad_(True)
+    kept = _ClippedStraightThrough.apply(out, x_st, layer)
+    assert torch.equal(kept.detach(), out)
+    (got,) = torch.autograd.grad(kept, x_st, grad_out)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
 CF_ATOL = 1e-9  # same modules, same inputs: only the KL formula differs (float64)

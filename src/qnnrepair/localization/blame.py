@@ -299,12 +299,24 @@ class _ClippedStraightThrough(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (inside,), module = ctx.saved_tensors, ctx.module
         weight = module.dequantized_weight()
-        if weight.dim() == 4:
-            grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight, grad, module.stride,
-                                                module.padding, module.dilation, module.groups)
-        else:
-            grad_x = grad.matmul(weight)
+        # A deployed layer computes in float64; W x_in is in the weight's precision.
+        grad_x = _input_gradient(module, weight, grad.to(weight.dtype), ctx.x_shape)
         return None, grad_x * inside, None
+
+
+def _input_gradient(module: nn.Module, weight: torch.Tensor, grad: torch.Tensor,
+                    x_shape: torch.Size) -> torch.Tensor:
+    """d(W x)/dx applied to `grad`: the transposed convolution, or grad W for a linear layer."""
+    if weight.dim() != 4:
+        return grad.matmul(weight)
+    if isinstance(module.padding, str):  # "same" / "valid": autograd knows how conv2d padded
+        with torch.enable_grad():
+            x = torch.zeros(x_shape, dtype=weight.dtype, requires_grad=True)
+            out = F.conv2d(x, weight, None, module.stride, module.padding, module.dilation,
+                           module.groups)
+            return torch.autograd.grad(out, x, grad)[0]
+    return torch.nn.grad.conv2d_input(x_shape, weight, grad, module.stride, module.padding,
+                                      module.dilation, module.groups)
 
 
 class _Replacement:
