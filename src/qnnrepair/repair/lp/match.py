@@ -29,7 +29,7 @@ class Match(Formulation):
         cols = rows.columns(c)
         groups = layer.memo.setdefault("groups", {})
         if cols.start not in groups:  # one per group of a grouped conv
-            groups[cols.start] = _Group.of(layer, rows, cols)
+            groups[cols.start] = _Group.of(layer, rows, c)
         group = groups[cols.start]
         summary, j = group.summary, c - group.first
         weight, scale, bias = layer.weight[c], float(layer.scale[c]), float(layer.bias[c])
@@ -72,12 +72,15 @@ class _Group:
     residual_mean: np.ndarray  # (channels of the group,)
 
     @classmethod
-    def of(cls, layer: LayerLP, rows, cols: slice) -> _Group:
+    def of(cls, layer: LayerLP, rows, channel: int) -> _Group:
         from qnnrepair.repair.summary import RowSummary  # torch: only where problems are built
 
-        members = [k for k in range(len(layer.weight)) if rows.columns(k) == cols]
-        first = members[0]
-        channels = slice(first, members[-1] + 1)  # a group's channels are contiguous
+        cols, first, end = rows.columns(channel), channel, channel + 1
+        while first > 0 and rows.columns(first - 1) == cols:  # a group's channels are contiguous
+            first -= 1
+        while end < len(layer.weight) and rows.columns(end) == cols:
+            end += 1
+        channels = slice(first, end)
         inputs = rows.inputs[:, cols]
         summary = RowSummary.of(inputs, layer.n_rows, layer.seed)
         quantized = (inputs @ layer.weight[channels].T.astype(np.float64)) * layer.scale[channels]
