@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import resource
-import time
 
 import torch
-from common import DEFAULT_SHARED, workload
+from common import DEFAULT_SHARED, Clock, workload
 
 from qnnrepair.evaluation import accuracy
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
-
-
-def cpu_seconds() -> float:
-    own, workers = (resource.getrusage(who)
-                    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def fingerprint(arrays) -> str:
@@ -46,17 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = workload(args.model, DEFAULT_SHARED, seed=args.seed)
-    start = cpu_seconds()
-    qmodel = quantize(work.model, QuantConfig.from_setting(args.setting), work.images("repair"),
-                      model_spec=args.model, seed=args.seed)
-    quantized, wall = cpu_seconds(), time.perf_counter()
-    repairer = Repairer(preset("default", seed=args.seed)).fit(
-        qmodel, work.images("repair"), work.labels("repair"), work.images("validation"),
-        work.labels("validation"))
-    fitted, wall = cpu_seconds(), time.perf_counter() - wall
+    with Clock() as quantizing:
+        qmodel = quantize(work.model, QuantConfig.from_setting(args.setting),
+                          work.images("repair"), model_spec=args.model, seed=args.seed)
+    with Clock() as fitting:
+        repairer = Repairer(preset("default", seed=args.seed)).fit(
+            qmodel, work.images("repair"), work.labels("repair"), work.images("validation"),
+            work.labels("validation"))
     state = repairer.repaired_.model.state_dict()
-    print(f"quantize {quantized - start:.2f} CPU s, fit {fitted - quantized:.2f} CPU s, "
-          f"{wall:.1f} s wall; phases (s): "
+    print(f"quantize {quantizing.cpu:.2f} CPU s, fit {fitting.cpu:.2f} CPU s, "
+          f"{fitting.wall:.1f} s wall; phases (s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in repairer.timings_.items()))
     for step in repairer.steps_:
         print(f"  top {len(step.neurons)}: {step.n_lps} LPs, V {step.validation_accuracy:.2f}, "
