@@ -5,6 +5,8 @@ counterfactual against a hand-written forward pass that replaces one channel, an
 streaming (batches of 7 = one batch), determinism and hooks left behind.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -24,8 +26,13 @@ from qnnrepair.localization import (
     compute_scores,
     make_localizer,
     record_spectrum,
+    weight_gradients,
 )
-from qnnrepair.localization.blame import _ClippedStraightThrough, _StraightThrough
+from qnnrepair.localization.blame import (
+    _ClippedStraightThrough,
+    _StraightThrough,
+    kl_divergence,
+)
 from qnnrepair.quantization import QuantConfig, QuantConv2d, QuantLinear, quantize
 from qnnrepair.testing import blob_data, trained_tiny_net
 
@@ -113,6 +120,43 @@ def test_gradient_matches_finite_differences(tiny, monkeypatch):
                   f"g.(aQ-aF)*eps {EPS * predicted:+.6e}, error {error:.2e}")
             worst = max(worst, error)
     assert worst <= GRADIENT_RTOL, f"worst relative error {worst:.3g} > {GRADIENT_RTOL}"
+
+
+def test_weight_gradients_match_finite_differences(tiny, monkeypatch):
+    """Scaling channel c's weight scale by (1 + eps) moves its weights and bias by eps * (W_c,
+    b_c) (the bias grid is s_w * s_x): with the activation rounding made the identity, the
+    central difference of D must equal eps * (gW_c . W_c + gb_c * b_c), on every layer (conv
+    and linear) at the channel with the largest weight gradient."""
+    monkeypatch.setattr("qnnrepair.quantization.modules.fake_quantize_activation",
+                        lambda x, scale, zero_point, bits: x)
+    qmodel, images, labels = tiny
+    grads = weight_gradients(qmodel.float_model, qmodel.model, qmodel.layers,
+                             batched(images, labels, 16))
+    model = copy.deepcopy(qmodel.model)
+    with torch.no_grad():
+        float_logits = qmodel.float_model(images)
+
+    def divergence(layer, c, factor):
+        module = model.get_submodule(layer)
+        kept = module.weight_scale[c].clone()
+        module.weight_scale[c] = kept * factor
+        with torch.no_grad():
+            d = float(kl_divergence(float_logits, model(images)).sum())
+        module.weight_scale[c] = kept
+        return d
+
+    for layer in qmodel.layers:
+        module = model.get_submodule(layer)
+        grad_w, grad_b = grads[layer]
+        assert grad_w.shape == tuple(module.weight_int.shape)
+        assert grad_b.shape == (module.out_features,)
+        c = int(np.argmax(np.abs(grad_w.reshape(len(grad_w), -1)).sum(1)))
+        weight = module.dequantized_weight()[c].double().numpy()
+        bias = float(module.dequantized_bias()[c])
+        predicted = EPS * (float((grad_w[c] * weight).sum()) + float(grad_b[c]) * bias)
+        change = (divergence(layer, c, 1 + EPS) - divergence(layer, c, 1 - EPS)) / 2
+        print(f"{layer}[{c}]: finite difference {change:+.6e}, predicted {predicted:+.6e}")
+        assert change == pytest.approx(predicted, rel=GRADIENT_RTOL)
 
 
 def test_gradient_flows_through_rounding(tiny):

@@ -11,6 +11,7 @@ from qnnrepair.localization.blame import (
     CounterfactualBlame,
     GradientBlame,
     register_divergence,
+    weight_gradients,
 )
 from qnnrepair.localization.factory import (
     BLAME_LOCALIZERS,
@@ -58,6 +59,7 @@ __all__ = [
     "GradedError",
     "GradedSpectrumCounts",
     "GradientBlame",
+    "weight_gradients",
     "RelativeError",
     "RunningMoments",
     "Spectrum",

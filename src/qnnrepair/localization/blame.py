@@ -102,10 +102,7 @@ class _BlameLocalizer:
         get_divergence(divergence)  # fail at construction
 
     def _prepare(self, float_model, quant_model, layers):
-        layers = _check_layer_names(layers)
-        float_modules = _resolve_layers(float_model, layers, "float model")
-        quant_modules = _resolve_layers(quant_model, layers, "quantized model")
-        return layers, float_modules, quant_modules
+        return _named_layers(float_model, quant_model, layers)
 
     def _finish(self, scores: dict[str, torch.Tensor], layers: list[str], n_inputs: int,
                 total: float):
@@ -117,6 +114,14 @@ class _BlameLocalizer:
         self.divergence_: float = total
         logger.debug("%r: %d inputs, D = %.6g", self, n_inputs, total)
         return self
+
+
+def _named_layers(float_model, quant_model, layers):
+    """The checked layer names and their modules in the float and the quantized model."""
+    layers = _check_layer_names(layers)
+    float_modules = _resolve_layers(float_model, layers, "float model")
+    quant_modules = _resolve_layers(quant_model, layers, "quantized model")
+    return layers, float_modules, quant_modules
 
 
 def _enter_models(stack: ExitStack, float_model, quant_model, float_modules):
@@ -219,6 +224,63 @@ class CounterfactualBlame(_BlameLocalizer):
 
     def __repr__(self) -> str:
         return f"CounterfactualBlame(divergence={self.divergence!r})"
+
+
+def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Sequence[str],
+                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     divergence: str = "kl") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """dD/dW and dD/db of each named quantized layer, in real units and the shapes of its
+    dequantized weight and bias, summed over the inputs; D and the straight-through gradient as
+    in GradientBlame. The first-order change of D when the layer's weights and bias move by
+    (dW, db) is sum(gW * dW) + sum(gb * db): what a repair's change is predicted to do to D at
+    the model the gradient was taken on (benchmarks/experiments/e2_interactions.py)."""
+    layers, float_modules, quant_modules = _named_layers(float_model, quant_model, layers)
+    device = _device_of(float_model)
+    sums: dict[str, list[torch.Tensor]] = {}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(module: nn.Module, args: tuple, _output: Any) -> None:
+        inputs[module_names[id(module)]] = module.quantize_input(args[0]).detach()
+
+    module_names = {id(module): layer for layer, module in quant_modules.items()}
+    with ExitStack() as stack:
+        float_run = _enter_models(stack, float_model, quant_model, float_modules)
+        quant_run = stack.enter_context(_StraightThrough(quant_model, quant_modules))
+        for module in quant_modules.values():
+            stack.callback(module.register_forward_hook(keep_input).remove)
+        for images, labels in _unpacked(batches, device):
+            with torch.no_grad():
+                float_logits, _ = float_run(images)
+            with torch.enable_grad():
+                quant_logits, outputs = quant_run(images)
+                d = _divergence(divergence, float_logits, quant_logits, len(labels))
+                grads = torch.autograd.grad(d.sum(), [outputs[k] for k in layers],
+                                            allow_unused=True)
+            for layer, g in zip(layers, grads):
+                module = quant_modules[layer]
+                if g is None:  # the layer does not reach the output
+                    g = torch.zeros_like(outputs[layer])
+                parts = _parameter_gradients(module, inputs[layer], g)
+                sums[layer] = parts if layer not in sums else \
+                    [a + b for a, b in zip(sums[layer], parts)]
+    return {layer: (gw.numpy(), gb.numpy()) for layer, (gw, gb) in sums.items()}
+
+
+def _parameter_gradients(module: nn.Module, x: torch.Tensor,
+                         grad: torch.Tensor) -> list[torch.Tensor]:
+    """(dD/dW, dD/db) of one layer from its quantized input x and dD/d(output), in float64."""
+    weight = module.dequantized_weight().detach()
+    grad = grad.to(weight.dtype)
+    if weight.dim() != 4:
+        grad_w = grad.T @ x.to(weight.dtype)
+    else:  # autograd of the layer's own convolution: any stride, groups or padding
+        with torch.enable_grad():
+            w = weight.clone().requires_grad_(True)
+            out = F.conv2d(x.to(weight.dtype), w, None, module.stride, module.padding,
+                           module.dilation, module.groups)
+            grad_w = torch.autograd.grad(out, w, grad)[0]
+    grad_b = grad.sum(dim=[i for i in range(grad.dim()) if i != 1])
+    return [grad_w.double(), grad_b.double()]
 
 
 # --- hooks -------------------------------------------------------------------------------------
