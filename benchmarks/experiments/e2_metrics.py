@@ -2,14 +2,17 @@
 the same number of repaired neurons?
 
     python benchmarks/experiments/e2_metrics.py [--models conv3 conv5 resnet20]
-        [--fractions 1 5 10 25] [--metrics gradient ochiai ...] [--random-seeds 3]
+        [--fractions 1 5 10 25] [--metrics gradient ochiai gradient+rounds ...]
+        [--random-seeds 3] [--round 5]
         [--name e2_metrics] [--fresh | --render]
 
 For each model, metric and fraction p: the top p % of the neurons of that metric's ranking
 (hidden layers, as the default preset repairs) are repaired with the default LPs and no
 validation guard, so the ranking alone decides what changes; "all" repairs every neuron (the
 reference). Random is run with several seeds to show its spread. A metric "name@rule" is an
-SBFL metric on spectra from the state rule `rule` (e.g. ochiai@graded_error). `--neurons`
+SBFL metric on spectra from the state rule `rule` (e.g. ochiai@graded_error); "name+rounds"
+ranks in rounds of --round % of the neurons, each on the model with the neurons chosen so far
+repaired (Repairer.rank_in_rounds). `--neurons`
 gives absolute counts instead of fractions (the seed's N = 1, 5, 10, 50).
 """
 
@@ -47,6 +50,8 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+",
                         default=sorted(m for m in METRICS if m != "random"))
     parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--round", type=float, default=5.0,
+                        help="%% of the ranked neurons per round of a 'name+rounds' metric")
     parser.add_argument("--name", default=NAME)
     args = parser.parse_args()
     if args.render:
@@ -66,12 +71,14 @@ def main() -> None:
         for metric, seed in runs:
             todo = [s for s in sizes
                     if not rows.has(model=model, metric=metric, seed=seed, n=s)]
-            if metric != runs[0][0] and "all" in todo:  # every ranking repairs the same set
-                todo.remove("all")
+            if (metric != runs[0][0] or "+rounds" in metric) and "all" in todo:
+                todo.remove("all")  # every ranking repairs the same set
             if not todo:
                 continue
             with Clock() as rank_clock:
-                ranking = rank(qmodel, layers, work, metric, seed)
+                deepest = max((count(s, n_ranked) for s in todo if s != "all"), default=n_ranked)
+                ranking = rank(qmodel, layers, work, metric, seed, deepest,
+                               count(f"{args.round:g}%", n_ranked))
             for size in todo:
                 n = count(size, n_ranked)
                 with Clock() as clock:
@@ -98,10 +105,17 @@ def count(size, n_ranked: int) -> int:
     return int(size)
 
 
-def rank(qmodel, layers, work, metric: str, seed: int) -> list:
-    name, _, rule = metric.partition("@")
-    localizer = make_localizer(name, state_rule=rule or "relative_error", seed=seed)
+def rank(qmodel, layers, work, metric: str, seed: int, n_neurons: int | None = None,
+         round_size: int | None = None) -> list:
+    """The ranking of `metric` ("name", "name@rule" or "name+rounds": re-ranked on the
+    repaired model every `round_size` neurons, down to `n_neurons`)."""
     images, labels = work.images("repair"), work.labels("repair")
+    base, rounds, _ = metric.partition("+rounds")
+    name, _, rule = base.partition("@")
+    if rounds:
+        config = preset("default", metric=name, state_rule=rule or "relative_error", seed=seed)
+        return Repairer(config).rank_in_rounds(qmodel, n_neurons, round_size, images, labels)
+    localizer = make_localizer(name, state_rule=rule or "relative_error", seed=seed)
     return localizer.fit(qmodel.float_model, qmodel.model, layers,
                          list(zip(batches(images, 250), batches(labels, 250)))).ranking_
 

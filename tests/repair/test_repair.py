@@ -125,3 +125,27 @@ def test_workers_give_the_same_result():
                for k, v in a.integer_state().items())
     for key, value in a.integer_state().items():
         assert torch.equal(value, b.integer_state()[key]), f"{key} differs between 1 and 2 workers"
+
+
+def test_ranking_in_rounds_ranks_each_round_on_the_model_repaired_so_far():
+    """Round one is the plain ranking's top; round two is the top of the ranking taken on the
+    model with round one repaired, leaving out round one's neurons; bad round sizes refused."""
+    from qnnrepair.errors import QnnRepairError
+    from qnnrepair.repair.engine import fit_localizer
+
+    qmodel, r_x, r_y, _, _ = tiny_case(7)
+    repairer = Repairer(preset("default", n_workers=1))
+    plain = fit_localizer(qmodel, r_x, r_y, repairer.config).ranking_
+    rounds = repairer.rank_in_rounds(qmodel, 6, 3, r_x, r_y)
+    assert rounds[:3] == plain[:3]
+    repaired, changes, _ = repairer.repair_neurons(qmodel, rounds[:3], r_x, r_y)
+    assert changes, "round one changed nothing: round two would rank the same model"
+    again = fit_localizer(repaired, r_x, r_y, repairer.config).ranking_
+    assert rounds[3:] == [n for n in again if n not in rounds[:3]][:3]
+    assert len(set(rounds)) == 6
+    print(f"plain {plain[:6]}\nrounds {rounds}")
+    assert repairer.rank_in_rounds(qmodel, 6, 3, r_x, r_y) == rounds
+    assert repairer.rank_in_rounds(qmodel, 4, 10, r_x, r_y) == plain[:4]
+    assert len(repairer.rank_in_rounds(qmodel, 10**6, 1000, r_x, r_y)) == len(plain)
+    with pytest.raises(QnnRepairError, match="round_size must be at least 1"):
+        repairer.rank_in_rounds(qmodel, 6, 0, r_x, r_y)
