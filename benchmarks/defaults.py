@@ -48,6 +48,9 @@ CONFIGS = {
     "gradient-geometric-kl-all-rows64-growth8-images512": {
         "metric": "gradient", "patience": None, "hidden_rows": 64, "growth": 8,
         "summary_pixels": 2**19},
+    "default": {},  # session 11's default: gradient, geometric x8, KL, every candidate, 64 rows
+    "default-offset": {"count_offset": True},
+    "default-grid": {"weight_domain": "grid"},
 }
 
 
