@@ -15,20 +15,9 @@ e2_interactions.json / .md.
 
 from __future__ import annotations
 
+import _shared as shared
 import numpy as np
 import torch
-from _shared import (
-    SETTINGS,
-    accuracies,
-    arguments,
-    header,
-    meta,
-    quantized,
-    rerender,
-    results,
-    workload,
-    write,
-)
 from common import git_revision
 from e2_metrics import count, rank
 
@@ -41,19 +30,19 @@ NAME = "e2_interactions"
 
 
 def main() -> None:
-    parser = arguments(__doc__)
+    parser = shared.arguments(__doc__)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--first", type=float, default=5.0, help="%% of the ranking repaired")
     parser.add_argument("--count", type=int, default=16, help="next neurons tried one by one")
     parser.add_argument("--name", default=NAME)
     args = parser.parse_args()
     if args.render:
-        return rerender(args.name, render)
-    m = meta(model=args.model, first=args.first, name=args.name)
-    rows = results(args.name, args.fresh)
-    work = workload(args.model, args.shared)
+        return shared.rerender(args.name, render)
+    m = shared.meta(model=args.model, first=args.first, name=args.name)
+    rows = shared.results(args.name, args.fresh)
+    work = shared.workload(args.model, args.shared)
     images, labels = work.images("repair"), work.labels("repair")
-    qmodel = quantized(work, args.model, images)
+    qmodel = shared.quantized(work, args.model, images)
     repairer = Repairer(preset("default"))
     layers = repairer.repair_layers(qmodel)
     blame = rank(qmodel, layers, work, "gradient", 0)
@@ -79,7 +68,7 @@ def main() -> None:
     base, _, _ = repairer.repair_neurons(qmodel, blame[:n_first], images, labels)
     at_q = weight_gradients(qmodel.float_model, qmodel.model, layers, chunks)
     at_base = weight_gradients(qmodel.float_model, base.model, layers, chunks)
-    d_base, t_base = divergence(base.model), accuracies(base.model, work)["test"]
+    d_base, t_base = divergence(base.model), shared.accuracies(base.model, work)["test"]
     print(f"{args.model}: D on R {divergence(qmodel.model):.1f} quantized, {d_base:.1f} with the "
           f"top {n_first} repaired (test {t_base:.2f} %)", flush=True)
     for position in range(n_first, min(n_first + args.count, len(blame))):
@@ -88,11 +77,11 @@ def main() -> None:
             continue
         repaired, _, _ = repairer.repair_neurons(qmodel, blame[:n_first] + [neuron], images,
                                                  labels)
-        row = {"model": args.model, "setting": SETTINGS[args.model], "first": args.first,
+        row = {"model": args.model, "setting": shared.SETTINGS[args.model], "first": args.first,
                "n_first": n_first, "position": position, "layer": neuron.layer,
                "index": neuron.index, "base_divergence": d_base, "base_test": t_base,
                "measured": divergence(repaired.model) - d_base,
-               "test_change": accuracies(repaired.model, work)["test"] - t_base,
+               "test_change": shared.accuracies(repaired.model, work)["test"] - t_base,
                "predicted_at_q": predicted(at_q, repaired, base),
                "predicted_at_base": predicted(at_base, repaired, base),
                "command": m["command"], "revision": git_revision()}
@@ -108,7 +97,7 @@ def agreement(rows: list[dict], key: str) -> int:
 
 
 def render(rows: list[dict], m: dict) -> None:
-    out = header("E2 traced: one more blamed neuron on top of the ones above it", m,
+    out = shared.header("E2 traced: one more blamed neuron on top of the ones above it", m,
                  "D = KL(float || quantized) summed over R (1,000 training images); gradient "
                  "ranking, default LPs, no validation guard (as E2). Each row adds the neuron "
                  "at that position of the ranking to the repair of the top ones; 'measured' is "
@@ -131,7 +120,7 @@ def render(rows: list[dict], m: dict) -> None:
                     f"{agreement(sub, 'predicted_at_q')} of {len(sub)} at Q, "
                     f"{agreement(sub, 'predicted_at_base')} of {len(sub)} at the model with the "
                     f"top {first['n_first']} repaired.", ""]
-    write(m.get("name", NAME), "\n".join(out))
+    shared.write(m.get("name", NAME), "\n".join(out))
 
 
 if __name__ == "__main__":

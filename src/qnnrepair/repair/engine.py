@@ -170,6 +170,7 @@ class Repairer:
             ranked = fit_localizer(current, repair_images, repair_labels, self.config).ranking_
             chosen += [n for n in ranked if n not in taken][:min(round_size,
                                                                   n_neurons - len(chosen))]
+            logger.info("ranking in rounds: %d of %d neurons chosen", len(chosen), n_neurons)
             if len(chosen) >= min(n_neurons, len(ranked)):
                 return chosen
             current, _, _ = self.repair_neurons(qmodel, chosen, repair_images, repair_labels)
