@@ -5,8 +5,9 @@
 
 The top --first % of the gradient ranking is repaired (default LPs, no guard, as in E2); then,
 for each of the next --count neurons of the ranking, the same repair with that neuron added (its
-LPs and those of the repaired neurons below it solved again). Per neuron: its blame (the
-first-order drop of D at the quantized model Q if its output were the float one), the measured
+LPs and those of the repaired neurons below it solved again). Per neuron: its gradient blame
+(the first-order drop of D if its output were the float one) at the quantized model Q and at
+the top --first % model, the measured
 change of D (KL to the float model summed over R) and of test accuracy, and the first-order
 change of D predicted from the repair's weight and bias deltas (qnnrepair.localization.
 weight_gradients), with the gradient taken at Q and at the top --first % model. Writes
@@ -19,9 +20,9 @@ import _shared as shared
 import numpy as np
 import torch
 from common import git_revision
-from e2_metrics import count, rank
+from e2_metrics import count
 
-from qnnrepair.localization import weight_gradients
+from qnnrepair.localization import make_localizer, weight_gradients
 from qnnrepair.localization.blame import kl_divergence
 from qnnrepair.quantization import batches
 from qnnrepair.repair import Repairer, preset
@@ -45,9 +46,10 @@ def main() -> None:
     qmodel = shared.quantized(work, args.model, images)
     repairer = Repairer(preset("default"))
     layers = repairer.repair_layers(qmodel)
-    blame = rank(qmodel, layers, work, "gradient", 0)
-    n_first = count(f"{args.first:g}%", len(blame))
     chunks = list(zip(batches(images, 250), batches(labels, 250)))
+    ranker = make_localizer("gradient").fit(qmodel.float_model, qmodel.model, layers, chunks)
+    blame, blame_at_q = ranker.ranking_, ranker.scores_
+    n_first = count(f"{args.first:g}%", len(blame))
     with torch.no_grad():
         float_logits = qmodel.float_model(images)
 
@@ -68,6 +70,8 @@ def main() -> None:
     base, _, _ = repairer.repair_neurons(qmodel, blame[:n_first], images, labels)
     at_q = weight_gradients(qmodel.float_model, qmodel.model, layers, chunks)
     at_base = weight_gradients(qmodel.float_model, base.model, layers, chunks)
+    blame_at_base = make_localizer("gradient").fit(qmodel.float_model, base.model, layers,
+                                                   chunks).scores_
     d_base, t_base = divergence(base.model), shared.accuracies(base.model, work)["test"]
     print(f"{args.model}: D on R {divergence(qmodel.model):.1f} quantized, {d_base:.1f} with the "
           f"top {n_first} repaired (test {t_base:.2f} %)", flush=True)
@@ -80,10 +84,12 @@ def main() -> None:
         row = {"model": args.model, "setting": shared.SETTINGS[args.model], "first": args.first,
                "n_first": n_first, "position": position, "layer": neuron.layer,
                "index": neuron.index, "base_divergence": d_base, "base_test": t_base,
+               "blame_at_q": float(blame_at_q[neuron.layer][neuron.index]),
                "measured": divergence(repaired.model) - d_base,
                "test_change": shared.accuracies(repaired.model, work)["test"] - t_base,
                "predicted_at_q": predicted(at_q, repaired, base),
                "predicted_at_base": predicted(at_base, repaired, base),
+               "blame_at_base": float(blame_at_base[neuron.layer][neuron.index]),
                "command": m["command"], "revision": git_revision()}
         rows.add(row, m)
         print(f"{position} {neuron.layer}[{neuron.index}]: D {row['measured']:+.2f}, predicted "
@@ -103,7 +109,10 @@ def render(rows: list[dict], m: dict) -> None:
                  "at that position of the ranking to the repair of the top ones; 'measured' is "
                  "the change of D this makes, 'predicted' its first-order estimate from the "
                  "repair's weight and bias deltas, with dD/dW taken at the quantized model Q "
-                 "and at the model with only the top ones repaired. Negative: D drops.")
+                 "and at the model with only the top ones repaired. Negative: D drops. "
+                 "Blame: the neuron's gradient blame (the first-order drop of D if its output "
+                 "were the float one) at Q, as ranked, and taken again at the model with the "
+                 "top ones repaired, as Repairer.rank_in_rounds ranks.")
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
         first = sub[0]
@@ -111,15 +120,22 @@ def render(rows: list[dict], m: dict) -> None:
                 f"({first['first']:g} %) repaired, D {first['base_divergence']:.1f}, test "
                 f"{first['base_test']:.2f} %", "",
                 "| position | neuron | measured change of D | test change (points) | "
-                "predicted at Q | predicted at the top ones |", "|---|---|---|---|---|---|"]
+                "predicted at Q | predicted at the top ones | blame at Q | blame at the top "
+                "ones |", "|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['position'] + 1} | {r['layer']}[{r['index']}] | {r['measured']:+.2f} | "
                 f"{r['test_change']:+.2f} | {r['predicted_at_q']:+.2f} | "
-                f"{r['predicted_at_base']:+.2f} |" for r in sub]
+                f"{r['predicted_at_base']:+.2f} | {r['blame_at_q']:+.2f} | "
+                f"{r['blame_at_base']:+.2f} |" for r in sub]
         rises = sum(r["measured"] > 0 for r in sub)
         out += ["", f"D rose for {rises} of {len(sub)} neurons. Sign of the prediction right: "
                     f"{agreement(sub, 'predicted_at_q')} of {len(sub)} at Q, "
                     f"{agreement(sub, 'predicted_at_base')} of {len(sub)} at the model with the "
-                    f"top {first['n_first']} repaired.", ""]
+                    f"top {first['n_first']} repaired. The gradient blame taken again on that "
+                    f"model predicts a drop (positive blame) for "
+                    f"{sum(r['blame_at_base'] > 0 for r in sub)} neurons, of which D dropped "
+                    f"for {sum(r['blame_at_base'] > 0 and r['measured'] < 0 for r in sub)}; "
+                    f"at Q the blame was positive for "
+                    f"{sum(r['blame_at_q'] > 0 for r in sub)}.", ""]
     shared.write(m.get("name", NAME), "\n".join(out))
 
 
