@@ -5,12 +5,11 @@
 
 The top --first % of the gradient ranking is repaired (default LPs, no guard, as in E2); then,
 for each of the next --count neurons of the ranking, the same repair with that neuron added (its
-LPs and those of the repaired neurons below it solved again). Per neuron: its gradient blame
-(the first-order drop of D if its output were the float one) at the quantized model Q and at
-the top --first % model, the measured
-change of D (KL to the float model summed over R) and of test accuracy, and the first-order
-change of D predicted from the repair's weight and bias deltas (qnnrepair.localization.
-weight_gradients), with the gradient taken at Q and at the top --first % model. Writes
+LPs and those of the repaired neurons below it solved again). Per neuron: the measured change
+of D (KL to the float model summed over R) and of test accuracy; the first-order change of D
+predicted from the repair's weight and bias deltas (qnnrepair.localization.weight_gradients),
+with the gradient taken at the quantized model Q and at the top --first % model; and its
+gradient blame (the first-order drop of D if its output were the float one) at both. Writes
 e2_interactions.json / .md.
 """
 
