@@ -3,16 +3,16 @@ the same number of repaired neurons?
 
     python benchmarks/experiments/e2_metrics.py [--models conv3 conv5 resnet20]
         [--fractions 1 5 10 25] [--metrics gradient ochiai gradient+rounds ...]
-        [--random-seeds 3] [--round 5]
+        [--random-seeds 3]
         [--name e2_metrics] [--fresh | --render]
 
 For each model, metric and fraction p: the top p % of the neurons of that metric's ranking
 (hidden layers, as the default preset repairs) are repaired with the default LPs and no
 validation guard, so the ranking alone decides what changes; "all" repairs every neuron (the
 reference). Random is run with several seeds to show its spread. A metric "name@rule" is an
-SBFL metric on spectra from the state rule `rule` (e.g. ochiai@graded_error); "name+rounds"
-ranks in rounds of --round % of the neurons, each on the model with the neurons chosen so far
-repaired (Repairer.rank_in_rounds). `--neurons`
+SBFL metric on spectra from the state rule `rule` (e.g. ochiai@graded_error); "name+roundsP"
+ranks in rounds of P % of the neurons (5 when P is left out), each on the model with the
+neurons chosen so far repaired (Repairer.rank_in_rounds). `--neurons`
 gives absolute counts instead of fractions (the seed's N = 1, 5, 10, 50).
 """
 
@@ -50,8 +50,6 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+",
                         default=sorted(m for m in METRICS if m != "random"))
     parser.add_argument("--random-seeds", type=int, default=3)
-    parser.add_argument("--round", type=float, default=5.0,
-                        help="%% of the ranked neurons per round of a 'name+rounds' metric")
     parser.add_argument("--name", default=NAME)
     args = parser.parse_args()
     if args.render:
@@ -77,8 +75,7 @@ def main() -> None:
                 continue
             with Clock() as rank_clock:
                 deepest = max((count(s, n_ranked) for s in todo if s != "all"), default=n_ranked)
-                ranking = rank(qmodel, layers, work, metric, seed, deepest,
-                               count(f"{args.round:g}%", n_ranked))
+                ranking = rank(qmodel, layers, work, metric, seed, deepest)
             for size in todo:
                 n = count(size, n_ranked)
                 with Clock() as clock:
@@ -105,31 +102,21 @@ def count(size, n_ranked: int) -> int:
     return int(size)
 
 
-def rank(qmodel, layers, work, metric: str, seed: int, n_neurons: int | None = None,
-         round_size: int | None = None) -> list:
-    """The ranking of `metric` ("name", "name@rule" or "name+rounds": re-ranked on the
-    repaired model every `round_size` neurons, down to `n_neurons`)."""
+def rank(qmodel, layers, work, metric: str, seed: int, n_neurons: int | None = None) -> list:
+    """The ranking of `metric`: "name", "name@rule", or "name+roundsP" (re-ranked on the
+    repaired model every P % of the ranked neurons, 5 by default, down to `n_neurons`)."""
     images, labels = work.images("repair"), work.labels("repair")
-    base, rounds, _ = metric.partition("+rounds")
+    base, rounds, percent = metric.partition("+rounds")
     name, _, rule = base.partition("@")
     if rounds:
         config = preset("default", metric=name, state_rule=rule or "relative_error", seed=seed)
-        return Repairer(config).rank_in_rounds(qmodel, n_neurons, round_size, images, labels)
+        repairer = Repairer(config)
+        n_ranked = sum(qmodel.layer(k).out_features for k in layers)
+        size = count(f"{percent or 5}%", n_ranked)
+        return repairer.rank_in_rounds(qmodel, n_neurons, size, images, labels)
     localizer = make_localizer(name, state_rule=rule or "relative_error", seed=seed)
     return localizer.fit(qmodel.float_model, qmodel.model, layers,
                          list(zip(batches(images, 250), batches(labels, 250)))).ranking_
-
-
-# What made the rows of a results file from before each row kept its command.
-EARLIER = {"e2_fractions": (
-    "rows that carry no command (each with OMP_NUM_THREADS=1): ResNet-20 by `python "
-    "e2_metrics.py --models resnet20 --metrics gradient ochiai --name e2_fractions` (session 5, "
-    "resumed over three invocations, load 3 to 7); conv5 by `python e2_metrics.py --models "
-    "conv5 conv3 --metrics gradient ochiai --fractions 1 5 10 25 --name e2_fractions` (session "
-    "6, db10929, nice 10, load 2.4 to 4.8; stopped before conv3 for time); ResNet-32 by "
-    "`--models resnet32` with the same options (session 7, 46befbe, nice 10, paused while E7 "
-    "ran, load 2 to 4); conv3 by `--models conv3` with the same options (session 8, 4c5f54b, "
-    "nice 10, paused while E7 ran, load 2 to 4)")}
 
 
 def gains(rows: list[dict], model: str, metric: str, n, split: str = "test") -> list[float]:
@@ -146,9 +133,9 @@ def render(rows: list[dict], m: dict) -> None:
                  "weights, first and last layer at 8 bits; no validation guard, so a ranking "
                  "that picks harmful neurons shows as a loss. Targets (issue 13): at 5 % and "
                  "10 % at least twice Random's mean gain; at 10 % at least half of 'all'.")
-    if m.get("name") in EARLIER or any(r.get("command") for r in rows):
-        out[4:5] = commands(rows, EARLIER.get(m.get("name"), f"rows that carry no command: "
-                                              f"`{m['command']}`"), with_revisions=True)
+    if any(r.get("command") for r in rows):
+        out[4:5] = commands(rows, f"rows that carry no command: `{m['command']}`",
+                            with_revisions=True)
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
