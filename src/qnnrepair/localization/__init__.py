@@ -59,7 +59,6 @@ __all__ = [
     "GradedError",
     "GradedSpectrumCounts",
     "GradientBlame",
-    "weight_gradients",
     "RelativeError",
     "RunningMoments",
     "Spectrum",
@@ -80,4 +79,5 @@ __all__ = [
     "register_state_rule",
     "safe_divide",
     "score_layers",
+    "weight_gradients",
 ]

@@ -237,12 +237,12 @@ def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Seq
     layers, float_modules, quant_modules = _named_layers(float_model, quant_model, layers)
     device = _device_of(float_model)
     sums: dict[str, list[torch.Tensor]] = {}
-    inputs: dict[str, torch.Tensor] = {}
+    inputs: dict[str, torch.Tensor] = {}  # each layer's input as its kernel sees it
+    module_names = {id(module): layer for layer, module in quant_modules.items()}
 
     def keep_input(module: nn.Module, args: tuple, _output: Any) -> None:
         inputs[module_names[id(module)]] = module.quantize_input(args[0]).detach()
 
-    module_names = {id(module): layer for layer, module in quant_modules.items()}
     with ExitStack() as stack:
         float_run = _enter_models(stack, float_model, quant_model, float_modules)
         quant_run = stack.enter_context(_StraightThrough(quant_model, quant_modules))
