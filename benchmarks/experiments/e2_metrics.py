@@ -104,7 +104,7 @@ def count(size, n_ranked: int) -> int:
 
 def rank(qmodel, layers, work, metric: str, seed: int, n_neurons: int | None = None) -> list:
     """The ranking of `metric`: "name", "name@rule", or "name+roundsP" (re-ranked on the
-    repaired model every P % of the ranked neurons, 5 by default, down to `n_neurons`)."""
+    repaired model every P % of the ranked neurons, 5 by default, down to `n_neurons`, or all)."""
     images, labels = work.images("repair"), work.labels("repair")
     base, rounds, percent = metric.partition("+rounds")
     name, _, rule = base.partition("@")
@@ -113,7 +113,7 @@ def rank(qmodel, layers, work, metric: str, seed: int, n_neurons: int | None = N
         repairer = Repairer(config)
         n_ranked = sum(qmodel.layer(k).out_features for k in layers)
         size = count(f"{percent or 5}%", n_ranked)
-        return repairer.rank_in_rounds(qmodel, n_neurons, size, images, labels)
+        return repairer.rank_in_rounds(qmodel, n_neurons or n_ranked, size, images, labels)
     localizer = make_localizer(name, state_rule=rule or "relative_error", seed=seed)
     return localizer.fit(qmodel.float_model, qmodel.model, layers,
                          list(zip(batches(images, 250), batches(labels, 250)))).ranking_
