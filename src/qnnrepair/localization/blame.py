@@ -234,7 +234,7 @@ def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Seq
     in GradientBlame. The first-order change of D when the layer's weights and bias move by
     (dW, db) is sum(gW * dW) + sum(gb * db): what a repair's change is predicted to do to D at
     the model the gradient was taken on (benchmarks/experiments/e2_interactions.py)."""
-    layers, float_modules, quant_modules = _named_layers(float_model, quant_model, layers)
+    layers, _, quant_modules = _named_layers(float_model, quant_model, layers)
     device = _device_of(float_model)
     sums: dict[str, list[torch.Tensor]] = {}
     inputs: dict[str, torch.Tensor] = {}  # each layer's input as its kernel sees it
@@ -243,14 +243,15 @@ def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Seq
     def keep_input(module: nn.Module, args: tuple, _output: Any) -> None:
         inputs[module_names[id(module)]] = module.quantize_input(args[0]).detach()
 
-    with ExitStack() as stack:
-        float_run = _enter_models(stack, float_model, quant_model, float_modules)
+    with ExitStack() as stack:  # only the float logits are needed: no float recorder
+        stack.enter_context(_eval_mode(float_model))
+        stack.enter_context(_eval_mode(quant_model))
         quant_run = stack.enter_context(_StraightThrough(quant_model, quant_modules))
         for module in quant_modules.values():
             stack.callback(module.register_forward_hook(keep_input).remove)
         for images, labels in _unpacked(batches, device):
             with torch.no_grad():
-                float_logits, _ = float_run(images)
+                float_logits = float_model(images)
             with torch.enable_grad():
                 quant_logits, outputs = quant_run(images)
                 d = _divergence(divergence, float_logits, quant_logits, len(labels))
