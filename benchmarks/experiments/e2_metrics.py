@@ -208,7 +208,7 @@ def _rounds_on_validation(rows: list[dict]) -> list[str]:
         rnd = [np.mean(gains(sub, model, "random", s) or [np.nan]) for s in ("5%", "10%")]
         every = [r["repaired"]["test"] - r["quantized"]["test"] for r in sub
                  if r["n"] == "all"][:1]
-        per_size = ", ".join(f"{size[m]:g} %: {a:+.2f}, {b:+.2f}" for m, (a, b) in
+        per_size = "; ".join(f"{size[m]:g} %: {a:+.2f}, {b:+.2f}" for m, (a, b) in
                              sorted(tried.items(), key=lambda kv: -size[kv[0]]))
         out.append(f"| {model} | {per_size} | {size[chosen]:g} % | {test[0]:+.2f}, "
                    f"{test[1]:+.2f} | {rnd[0]:+.2f}, {rnd[1]:+.2f} | "
