@@ -21,10 +21,11 @@ import torch
 from common import git_revision
 from e2_metrics import count
 
-from qnnrepair.localization import make_localizer, weight_gradients
+from qnnrepair.localization import weight_gradients
 from qnnrepair.localization.blame import kl_divergence
 from qnnrepair.quantization import batches
 from qnnrepair.repair import Repairer, preset
+from qnnrepair.repair.engine import fit_localizer
 
 NAME = "e2_interactions"
 
@@ -46,7 +47,7 @@ def main() -> None:
     repairer = Repairer(preset("default"))
     layers = repairer.repair_layers(qmodel)
     chunks = list(zip(batches(images, 250), batches(labels, 250)))
-    ranker = make_localizer("gradient").fit(qmodel.float_model, qmodel.model, layers, chunks)
+    ranker = fit_localizer(qmodel, images, labels, repairer.config)  # the default: gradient
     blame, blame_at_q = ranker.ranking_, ranker.scores_
     n_first = count(f"{args.first:g}%", len(blame))
     with torch.no_grad():
@@ -69,8 +70,7 @@ def main() -> None:
     base, _, _ = repairer.repair_neurons(qmodel, blame[:n_first], images, labels)
     at_q = weight_gradients(qmodel.float_model, qmodel.model, layers, chunks)
     at_base = weight_gradients(qmodel.float_model, base.model, layers, chunks)
-    blame_at_base = make_localizer("gradient").fit(qmodel.float_model, base.model, layers,
-                                                   chunks).scores_
+    blame_at_base = fit_localizer(base, images, labels, repairer.config).scores_
     d_base, t_base = divergence(base.model), shared.accuracies(base.model, work)["test"]
     print(f"{args.model}: D on R {divergence(qmodel.model):.1f} quantized, {d_base:.1f} with the "
           f"top {n_first} repaired (test {t_base:.2f} %)", flush=True)
