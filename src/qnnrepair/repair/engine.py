@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, closing, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -83,12 +83,14 @@ class Repairer:
         cfg, start = self.config, time.perf_counter()
         check_validation_labels(validation_labels)
         self.timings_: dict[str, float] = {}
-        self._rank(qmodel, repair_images, repair_labels, ranking, show_progress)
+        work = fast_layout(qmodel)
+        self._rank(work, repair_images, repair_labels, ranking, show_progress)
         self.timings_["localize"] = time.perf_counter() - start
-        targets = Targets.of(qmodel, repair_images, repair_labels, cfg.localization.oracle)
+        targets = Targets.of(work, repair_images, repair_labels, cfg.localization.oracle)
         with self._backend() as backend:
-            self._loop(qmodel, repair_images, targets, validation_images, validation_labels,
+            self._loop(work, repair_images, targets, validation_images, validation_labels,
                        backend, show_progress)
+        self.repaired_ = as_given(self.repaired_, qmodel)
         self.timings_["total"] = time.perf_counter() - start
         return self
 
@@ -147,11 +149,12 @@ class Repairer:
         """`qmodel` with exactly `neurons` repaired and no validation: the acceptance loop's
         candidate for them, its changes, and its LP count and solve times. For experiments that
         compare rankings at a fixed number of neurons; every LP is solved afresh."""
-        targets = Targets.of(qmodel, repair_images, repair_labels, self.config.localization.oracle)
+        work = fast_layout(qmodel)
+        targets = Targets.of(work, repair_images, repair_labels, self.config.localization.oracle)
         with self._backend() as backend:
-            candidate, changes, solved = build_candidate(qmodel, list(neurons), repair_images,
+            candidate, changes, solved = build_candidate(work, list(neurons), repair_images,
                                                          targets, self.config, backend, FitCache())
-        return candidate, changes, _step(list(neurons), solved)
+        return as_given(candidate, qmodel), changes, _step(list(neurons), solved)
 
     def rank_in_rounds(self, qmodel: QuantizedModel, n_neurons: int, round_size: int,
                        repair_images: torch.Tensor, repair_labels: torch.Tensor) -> list[Neuron]:
@@ -212,7 +215,7 @@ def fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Te
                   config: RepairConfig, show_progress: bool = False):
     """The localizer of `config.localization`, fitted on the repair set: the one ranking that
     `qnnrepair localize` prints and `qnnrepair repair` repairs."""
-    loc = config.localization
+    loc, qmodel = config.localization, fast_layout(qmodel)
     # Forward and backward through both models keep every activation: half an evaluation
     # batch (250 CIFAR images; 5 ImageNet images, about 1 GiB on MobileNetV2).
     size = batch_size_for(images, 250, BATCH_ELEMENTS // 2)
@@ -221,6 +224,20 @@ def fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Te
     return localizer.fit(qmodel.float_model, qmodel.model, layer_names(qmodel, loc.layers),
                          list(zip(batches(images, size), batches(labels, size))),
                          show_progress=show_progress)
+
+
+def fast_layout(qmodel: QuantizedModel) -> QuantizedModel:
+    """A copy of both networks for the passes of a fit, channels-last: CPU convolutions run
+    there 1.2 to 1.4 times faster (ResNet-32, 1,000 CIFAR images, one thread: 2.7 -> 1.9 CPU s
+    quantized, 2.1 -> 1.8 float), with the same values up to float rounding."""
+    return qmodel.in_memory_format(torch.channels_last)
+
+
+def as_given(model: QuantizedModel, given: QuantizedModel) -> QuantizedModel:
+    """A repaired `model` (a fast_layout copy) in the standard layout, beside `given`'s float
+    network: what the caller passed in, with other integers."""
+    return replace(model, model=model.model.to(memory_format=torch.contiguous_format),
+                   float_model=given.float_model)
 
 
 def _step(neurons: list[Neuron], solved, score: Score | None = None,
