@@ -50,6 +50,23 @@ def test_repair_changes_integers_on_the_grid_and_leaves_input_alone():
     assert len(repairer.steps_) >= 1
 
 
+def test_a_fit_runs_channels_last_and_hands_back_the_standard_layout():
+    qmodel, r_x, r_y, v_x, v_y = tiny_case(3)
+    fast = qmodel.in_memory_format(torch.channels_last)
+    for name in qmodel.layers[:2]:  # the convolutions
+        assert fast.layer(name).weight_int.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(fast.layer(name).weight_int, qmodel.layer(name).weight_int)
+    assert torch.allclose(fast.model(v_x), qmodel.model(v_x), atol=1e-5)
+    assert fast.float_model is not qmodel.float_model
+
+    repaired = fit(qmodel, r_x, r_y, v_x, v_y).repaired_
+    assert repaired.float_model is qmodel.float_model
+    for key, value in repaired.model.state_dict().items():
+        assert value.is_contiguous(), f"{key} is not in the standard layout"
+    for key, value in qmodel.model.state_dict().items():
+        assert value.is_contiguous(), f"the input model's {key} changed layout"
+
+
 def test_same_seed_same_repaired_model():
     states = []
     for _ in range(2):
