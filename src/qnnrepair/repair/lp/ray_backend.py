@@ -156,16 +156,19 @@ class RayPool:
         bounds = batch_bounds(len(problems), self._slots(ray), self.batch_size)
         tasks = [self._remote.remote(ref, lo, hi) for lo, hi in bounds]
         self.stats_["tasks"] += len(tasks)
+        # When a task fails, the others are left to finish (a slice of LPs takes seconds) and
+        # their results dropped, not cancelled: in Ray 2.60 a cancel that races a task's
+        # completion aborts the driver process (task_manager.cc "Tried to complete task that
+        # was not pending"; ray-project/ray#54798 fixed one such race). It killed a whole test
+        # run twice in this project.
         try:
             chunks = ray.get(tasks)
         except ray.exceptions.RayTaskError as err:
-            _cancel(ray, tasks)
             cause = getattr(err, "cause", None)
             if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
                 raise cause from None
             raise QnnRepairError(f"a Ray LP task failed: {_first_line(err)}") from None
         except ray.exceptions.RayError as err:
-            _cancel(ray, tasks)
             raise QnnRepairError(
                 f"a Ray LP task failed after {self.max_retries} retries "
                 f"({type(err).__name__}: {_first_line(err)}); the repair stopped and wrote "
@@ -273,14 +276,6 @@ def _object_size(ray, ref) -> int:
         return int(get_object_locations([ref])[ref].get("object_size") or 0)
     except Exception:  # an optional statistic; Ray's experimental API may move
         return 0
-
-
-def _cancel(ray, tasks) -> None:
-    for task in tasks:
-        try:
-            ray.cancel(task, force=True)
-        except Exception:  # already finished or lost: nothing to cancel
-            pass
 
 
 def _first_line(err: BaseException, limit: int = 200) -> str:
