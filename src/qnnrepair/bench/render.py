@@ -102,8 +102,9 @@ def plot(rows: list[dict], path) -> None:
                         [s.upper() for s in settings])
         bars.set_ylabel("test accuracy %")
         bars.set_title(f"{model}: test accuracy per method")
-        scatter.set_xscale("log")
-        scatter.set_xlabel("CPU seconds (log)")
+        positive = any(r["cpu_s"] > 0 for r in sub)  # a tiny run can time every method at 0
+        scatter.set_xscale("log" if positive else "linear")
+        scatter.set_xlabel("CPU seconds (log)" if positive else "CPU seconds")
         scatter.set_ylabel("test accuracy %")
         scatter.set_title(f"{model}: accuracy against CPU time (all settings)")
     handles, labels = axes[0][0].get_legend_handles_labels()
