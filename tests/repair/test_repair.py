@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from qnnrepair.evaluation import accuracy
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
+from qnnrepair.repair.engine import fast_layout
 from qnnrepair.testing import blob_data, trained_tiny_net
 
 
@@ -52,7 +53,7 @@ def test_repair_changes_integers_on_the_grid_and_leaves_input_alone():
 
 def test_a_fit_runs_channels_last_and_hands_back_the_standard_layout():
     qmodel, r_x, r_y, v_x, v_y = tiny_case(3)
-    fast = qmodel.in_memory_format(torch.channels_last)
+    fast = fast_layout(qmodel)
     for name in qmodel.layers[:2]:  # the convolutions
         assert fast.layer(name).weight_int.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(fast.layer(name).weight_int, qmodel.layer(name).weight_int)

@@ -60,13 +60,6 @@ class DeployedModel:
         return dataclasses.replace(self, model=copy.deepcopy(self.model),
                                    layers=list(self.layers))
 
-    def in_memory_format(self, memory_format: torch.memory_format) -> DeployedModel:
-        """A copy of both networks with their 4-d weights in `memory_format` (same values)."""
-        return dataclasses.replace(
-            self, model=copy.deepcopy(self.model).to(memory_format=memory_format),
-            float_model=copy.deepcopy(self.float_model).to(memory_format=memory_format),
-            layers=list(self.layers))
-
     def integer_state(self) -> dict[str, torch.Tensor]:
         """The integers of every quantized layer: what a repair changes."""
         return {f"{n}.{k}": getattr(self.layer(n), k).clone()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -60,13 +59,6 @@ class QuantizedModel:
         return QuantizedModel(copy.deepcopy(self.model), self.float_model, self.config,
                               list(self.layers), list(self.folded), self.model_spec,
                               self.num_classes)
-
-    def in_memory_format(self, memory_format: torch.memory_format) -> QuantizedModel:
-        """A copy of both networks with their 4-d weights in `memory_format` (same values)."""
-        return dataclasses.replace(
-            self, model=copy.deepcopy(self.model).to(memory_format=memory_format),
-            float_model=copy.deepcopy(self.float_model).to(memory_format=memory_format),
-            layers=list(self.layers), folded=list(self.folded))
 
     def integer_state(self) -> dict[str, torch.Tensor]:
         """The integers of every quantized layer: what a repair changes."""

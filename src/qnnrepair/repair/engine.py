@@ -3,6 +3,7 @@ accepts (DESIGN sections 1 and 4)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -187,8 +188,8 @@ class Repairer:
 
     def _rank(self, qmodel, images, labels, ranking, show_progress) -> None:
         self.localizer_ = self.scores_ = None
-        if ranking is None:
-            ranking = fit_localizer(qmodel, images, labels, self.config, show_progress)
+        if ranking is None:  # qmodel is the fit's fast_layout copy already
+            ranking = _fit_localizer(qmodel, images, labels, self.config, show_progress)
         if hasattr(ranking, "ranking_"):
             self.localizer_, self.scores_ = ranking, ranking.scores_
             ranking = ranking.ranking_
@@ -215,7 +216,12 @@ def fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Te
                   config: RepairConfig, show_progress: bool = False):
     """The localizer of `config.localization`, fitted on the repair set: the one ranking that
     `qnnrepair localize` prints and `qnnrepair repair` repairs."""
-    loc, qmodel = config.localization, fast_layout(qmodel)
+    return _fit_localizer(fast_layout(qmodel), images, labels, config, show_progress)
+
+
+def _fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Tensor,
+                   config: RepairConfig, show_progress: bool = False):
+    loc = config.localization
     # Forward and backward through both models keep every activation: half an evaluation
     # batch (250 CIFAR images; 5 ImageNet images, about 1 GiB on MobileNetV2).
     size = batch_size_for(images, 250, BATCH_ELEMENTS // 2)
@@ -228,9 +234,14 @@ def fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Te
 
 def fast_layout(qmodel: QuantizedModel) -> QuantizedModel:
     """A copy of both networks for the passes of a fit, channels-last: CPU convolutions run
-    there 1.2 to 1.4 times faster (ResNet-32, 1,000 CIFAR images, one thread: 2.7 -> 1.9 CPU s
-    quantized, 2.1 -> 1.8 float), with the same values up to float rounding."""
-    return qmodel.in_memory_format(torch.channels_last)
+    faster there (ResNet-32 W4A8, 1,000 CIFAR images, one thread: 3.0 -> 2.2 CPU s quantized,
+    2.1 -> 1.8 float; benchmarks/layout_cost.py), with the same values up to float rounding
+    (which can flip a quantized activation's rounding). Works on a
+    QuantizedModel and on a deployed file's model alike (both dataclasses)."""
+    def moved(module: torch.nn.Module) -> torch.nn.Module:
+        return copy.deepcopy(module).to(memory_format=torch.channels_last)
+
+    return replace(qmodel, model=moved(qmodel.model), float_model=moved(qmodel.float_model))
 
 
 def as_given(model: QuantizedModel, given: QuantizedModel) -> QuantizedModel:
