@@ -137,6 +137,17 @@ def test_nothing_to_repair_and_missing_values():
     assert "n/a" in cells(page) and "nan" not in cells(page)
 
 
+def test_the_steps_state_the_acceptance_rule():
+    steps = [{"neurons": ["conv[3]"], "validation_accuracy": 85.0, "accepted": True,
+              "n_lps": 1, "lp_seconds": [0.1], "lp_sizes": [[3, 4]], "seconds": 0.2}]
+    rule = {"criterion": "kl", "min_gain": 0.01, "min_z": 2.0}
+    page = render_html(synthetic_report(repair_config={"acceptance": rule}, steps=steps))
+    assert "by at least 1% and by at least 2 standard errors of the per-image drop" in page
+    page = render_html(synthetic_report(repair_config={"acceptance": {**rule, "min_z": 0.0}},
+                                        steps=steps))
+    assert "by at least 1% and validation accuracy" in page and "standard errors" not in page
+
+
 def test_report_html_folder_is_checked_before_the_repair(tmp_path, capsys, monkeypatch):
     write_tiny_task(tmp_path, n=120)
     import qnnrepair.pipeline

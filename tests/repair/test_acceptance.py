@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qnnrepair.repair.acceptance import Guard, Score
+from qnnrepair.repair.acceptance import Guard, Score, significant_drop
 from qnnrepair.testing import blob_data, trained_tiny_net
 
 scores = st.builds(Score, st.floats(0, 100), st.floats(0, 10))
@@ -19,7 +19,7 @@ scores = st.builds(Score, st.floats(0, 100), st.floats(0, 10))
 def test_the_guard_never_keeps_a_candidate_that_lowers_validation_accuracy(
         candidate, best, changed, criterion, min_gain):
     guard = Guard.__new__(Guard)  # the decision needs no model
-    guard.criterion, guard.min_gain = criterion, min_gain
+    guard.criterion, guard.min_gain, guard.min_z = criterion, min_gain, 0.0
     kept = guard.accepts(candidate, best, changed)
     if kept:
         assert changed and candidate.accuracy >= best.accuracy
@@ -29,13 +29,38 @@ def test_the_guard_never_keeps_a_candidate_that_lowers_validation_accuracy(
 
 def test_a_tie_or_one_image_more_is_not_enough_with_kl():
     guard = Guard.__new__(Guard)
-    guard.criterion, guard.min_gain = "kl", 0.01
+    guard.criterion, guard.min_gain, guard.min_z = "kl", 0.01, 0.0
     best = Score(90.0, 0.2000)
     assert not guard.accepts(Score(90.0, 0.2000), best, True)  # a tie
     assert not guard.accepts(Score(90.1, 0.1990), best, True)  # one image, KL -0.5 %
     assert guard.accepts(Score(90.0, 0.1900), best, True)  # KL -5 %, accuracy held
     assert not guard.accepts(Score(89.9, 0.1000), best, True)  # accuracy dropped
     assert guard.worse(Score(91.0, 0.2100), best) and not guard.worse(Score(80, 0.199), best)
+
+
+def test_the_paired_test_against_a_hand_computed_drop():
+    # drops 1, 0, 0, 0: mean 0.25, standard deviation sqrt(0.25 * 0.75) = 0.433, standard
+    # error 0.2165: one standard error is passed, two are not
+    best, candidate = torch.ones(4), torch.tensor([0.0, 1.0, 1.0, 1.0])
+    assert significant_drop(best, candidate, 1.0)
+    assert not significant_drop(best, candidate, 1.2)
+    assert significant_drop(best, candidate, 1.15)
+    assert significant_drop(best, best - 0.1, 50.0)  # every image drops alike
+    assert not significant_drop(best, best + 0.1, 0.0)
+
+
+def test_with_min_z_a_drop_carried_by_one_image_is_not_enough():
+    per_image = torch.full((100,), 0.2)
+    one = per_image.clone()
+    one[0] = 0.0  # the mean drops 1 %, all of it on one image
+    many = per_image - 0.002  # the same mean drop, on every image
+    best = Score(90.0, per_image.mean().item(), per_image)
+    guard = Guard.__new__(Guard)
+    guard.criterion, guard.min_gain, guard.min_z = "kl", 0.005, 0.0
+    assert guard.accepts(Score(90.0, one.mean().item(), one), best, True)
+    guard.min_z = 2.0
+    assert not guard.accepts(Score(90.0, one.mean().item(), one), best, True)
+    assert guard.accepts(Score(90.0, many.mean().item(), many), best, True)
 
 
 def test_scores_are_accuracy_and_kl_to_the_float_model():
@@ -53,6 +78,7 @@ def test_scores_are_accuracy_and_kl_to_the_float_model():
     assert same.divergence == pytest.approx(0.0, abs=1e-12)
     assert guard.float_accuracy == same.accuracy
     assert guard.score(other).divergence == pytest.approx(kl, rel=1e-9)
+    assert guard.score(other).per_image.mean().item() == pytest.approx(kl, rel=1e-9)
     assert guard.score(other).accuracy == pytest.approx(acc)
     with torch.no_grad():
         right = 100.0 * (model(images).argmax(1) == labels).double().mean().item()

@@ -85,3 +85,5 @@ def test_values_are_validated_when_replaced():
         RepairConfig().replace(n_workers=0)
     with pytest.raises(QnnRepairError, match="unknown layers"):
         RepairConfig().replace(layers="first")
+    with pytest.raises(QnnRepairError, match="min_z must be 0 or more, got -1"):
+        RepairConfig().replace(min_z=-1.0)

@@ -5,13 +5,17 @@ predictions closer to the float model's (mean KL(float || candidate) on V lower 
 so far by at least `min_gain`, relative) and its validation accuracy is not below the best
 so far. Accuracy alone is a coarse judge: on 1,000 images a tie or one image more is noise,
 and changes kept for that did not carry to the test set (benchmarks/README.md, issue 4).
+With `min_z` > 0 the KL must also have dropped by at least `min_z` standard errors of the mean
+of the per-image drops: a paired test, so that a lower mean carried by a few images of V does
+not count.
 Criterion "accuracy" (the paper preset): kept when it changes something and validation
 accuracy does not drop.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +25,12 @@ from qnnrepair.evaluation import logits_of
 
 @dataclass(frozen=True)
 class Score:
-    """A model on the validation set: accuracy in percent, mean KL(float || model) in nats."""
+    """A model on the validation set: accuracy in percent, mean KL(float || model) in nats
+    (`per_image`: the KL of each image)."""
 
     accuracy: float
     divergence: float
+    per_image: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.accuracy:.2f}% KL {self.divergence:.5f}"
@@ -34,9 +40,9 @@ class Guard:
     """Scores models on the validation images against the labels and the float model."""
 
     def __init__(self, float_model, images: torch.Tensor, labels: torch.Tensor,
-                 criterion: str = "kl", min_gain: float = 0.0) -> None:
+                 criterion: str = "kl", min_gain: float = 0.0, min_z: float = 0.0) -> None:
         self.images, self.labels = images, labels
-        self.criterion, self.min_gain = criterion, min_gain
+        self.criterion, self.min_gain, self.min_z = criterion, min_gain, min_z
         self.float_log_probs = F.log_softmax(logits_of(float_model, images).double(), dim=1)
         self.float_accuracy = 100.0 * (self.float_log_probs.argmax(dim=1) == labels).double() \
             .mean().item()
@@ -44,18 +50,27 @@ class Guard:
     def score(self, model) -> Score:
         logits = logits_of(model, self.images).double()
         accuracy = 100.0 * (logits.argmax(dim=1) == self.labels).double().mean().item()
-        divergence = F.kl_div(F.log_softmax(logits, dim=1), self.float_log_probs,
-                              log_target=True, reduction="batchmean").item()
-        return Score(accuracy, divergence)
+        per_image = F.kl_div(F.log_softmax(logits, dim=1), self.float_log_probs,
+                             log_target=True, reduction="none").sum(dim=1)
+        return Score(accuracy, per_image.mean().item(), per_image)
 
     def accepts(self, candidate: Score, best: Score, changed: bool) -> bool:
         if not changed or candidate.accuracy < best.accuracy:
             return False
         if self.criterion == "accuracy":
             return True
-        return candidate.divergence < best.divergence * (1.0 - self.min_gain)
+        return (candidate.divergence < best.divergence * (1.0 - self.min_gain)
+                and (self.min_z == 0.0
+                     or significant_drop(best.per_image, candidate.per_image, self.min_z)))
 
     def worse(self, candidate: Score, best: Score) -> bool:
         """The criterion got worse: larger candidates, built on the same ranking, are
         unlikely to turn it around (with "accuracy", the loop goes on as published)."""
         return self.criterion == "kl" and candidate.divergence > best.divergence
+
+
+def significant_drop(best: torch.Tensor, candidate: torch.Tensor, z: float) -> bool:
+    """The per-image KL fell from `best` to `candidate` by at least `z` standard errors of the
+    mean drop (paired over the same images; normal approximation)."""
+    drop = (best - candidate).double()
+    return drop.mean().item() >= z * drop.std(correction=0).item() / math.sqrt(len(drop))

@@ -146,9 +146,10 @@ class AcceptanceConfig:
 
     `criterion` judges a candidate on V (repair/acceptance.py): "kl" keeps it when the mean
     KL divergence to the float model's soft predictions drops by at least `min_gain`
-    (relative) and accuracy does not drop, and stops after `patience` candidates in a row that
-    make the divergence worse (None: tries every candidate); "accuracy" keeps it when accuracy
-    does not drop (the paper preset).
+    (relative), by at least `min_z` standard errors of the mean per-image drop (a paired test;
+    0 turns it off), and accuracy does not drop, and stops after `patience` candidates in a
+    row that make the divergence worse (None: tries every candidate); "accuracy" keeps it when
+    accuracy does not drop (the paper preset).
     Either way the loop stops once validation accuracy reaches the float model's."""
 
     schedule: str = "geometric"
@@ -157,6 +158,7 @@ class AcceptanceConfig:
     time_budget_s: float | None = None
     criterion: str = "kl"
     min_gain: float = 0.01
+    min_z: float = 0.0
     block_fraction: float = 0.05
     patience: int | None = None
 
@@ -169,6 +171,8 @@ class AcceptanceConfig:
             raise QnnRepairError(f"patience must be at least 1 or None, got {self.patience}")
         if not 0.0 <= self.min_gain < 1.0:
             raise QnnRepairError(f"min_gain must be in [0, 1), got {self.min_gain}")
+        if not 0.0 <= self.min_z < math.inf:
+            raise QnnRepairError(f"min_z must be 0 or more, got {self.min_z}")
         if self.max_neurons is not None and self.max_neurons < 1:
             raise QnnRepairError(f"max_neurons must be at least 1, got {self.max_neurons}")
         if self.growth < 2:

@@ -101,7 +101,7 @@ class Repairer:
         cfg = self.config
         rule = cfg.acceptance
         guard = Guard(qmodel.float_model, validation_images, validation_labels, rule.criterion,
-                      rule.min_gain)
+                      rule.min_gain, rule.min_z)
         quantized = best = guard.score(qmodel.model)
         float_val = guard.float_accuracy
         best_model = qmodel.copy()
