@@ -13,7 +13,7 @@ predicted class and per-image KL(float || candidate) on V and T (`.npz`, one per
 - on all of V, as the repair runs, scored on T (reported, not used to choose).
 
     python guard_rules.py record --model resnet20 --setting w4a4 --seed 0
-    python guard_rules.py replay results/experiments/guard_rules/*.npz --output X.md
+    python guard_rules.py replay --output results/experiments/guard_rules.md
 """
 
 from __future__ import annotations
@@ -153,61 +153,114 @@ def choose(rule, correct: np.ndarray, kl: np.ndarray, float_correct: np.ndarray,
     return best
 
 
-def replay(paths: list[Path], output: Path) -> None:
-    runs = sorted(paths)
-    table: dict[str, dict[str, list]] = {name: {"cv": [], "t": []} for name in RULES}
-    starts: list[str] = []
-    details: dict[str, list] = {"v": [], "best": []}
-    for path in runs:
-        data = np.load(path)
-        correct = data["classes"] == data["labels"][None, :]
-        kl, n_v = data["kl"], int(data["n_validation"])
-        float_correct = data["float_classes"] == data["labels"]
-        v, t = np.arange(n_v), np.arange(n_v, correct.shape[1])
-        a, b = v[: n_v // 2], v[n_v // 2:]
-        starts.append(path.stem.rsplit("-", 1)[1])
-        details["v"].append(100 * (correct[:, v].mean(axis=1) - correct[0, v].mean()))
-        details["best"].append(100 * (correct[:, t].mean(axis=1) - correct[0, t].mean()).max())
-        for name, rule in RULES.items():
-            # gain over the start in points: on the half of V the guard did not see, both ways
-            cv = np.mean([100 * (correct[choose(rule, correct, kl, float_correct, g), e].mean()
-                                 - correct[0, e].mean()) for g, e in ((a, b), (b, a))])
-            kept = choose(rule, correct, kl, float_correct, v)
-            table[name]["cv"].append(cv)
-            table[name]["t"].append((kept, 100 * (correct[kept, t].mean() - correct[0, t].mean())))
-
-    lines = [f"# Acceptance rules replayed on recorded candidates", "",
-             f"`{command()}`", "", f"Machine: {machine()}", "",
-             f"{len(runs)} runs: {', '.join(p.stem for p in runs)}.", "",
+def replay(folder: Path, output: Path) -> None:
+    runs = sorted(folder.glob("*.npz"))
+    if not runs:
+        raise SystemExit(f"no records (*.npz) in {folder}: run `guard_rules.py record` first")
+    records = [_replayed(path) for path in runs]
+    starts = sorted({r["start"] for r in records})
+    chosen = pick(records)
+    lines = ["# Acceptance rules replayed on recorded candidates", "",
+             f"`{command()}` ({len(runs)} records: ResNet-20 and ResNet-32, W4A8, W3A8, W4A4, "
+             "seeds 0 to 2 of the splits, qnnrepair's default on RTN and on AdaRound, recorded "
+             "by `guard_rules.py record`)", "", f"Machine: {machine()}", "",
              "Gain in points over the starting model (RTN for qnnrepair, AdaRound for "
-             "AdaRound + qnnrepair). Chosen on: 'V halves', the mean gain on the half of V the "
+             "AdaRound + qnnrepair). Chosen on 'V halves': the mean gain on the half of V the "
              "guard did not see (both ways). Reported: T, with the guard on all of V; "
              "'T < start' counts runs that end below the starting model on T; 'kept' lists "
              "the kept model per run (0 the start, 1, 2, ... the candidates from the smallest, "
-             "the top 1, 8, 64, ... neurons, to all of them).",
-             ""]
-    for start in sorted(set(starts)):
-        idx = [i for i, s in enumerate(starts) if s == start]
-        lines += [f"## on {start} ({len(idx)} runs)", "",
+             "the top 1, 8, 64, ... neurons, to all of them).", "",
+             f"The rule chosen on V ({PICK}): **{chosen}**.", ""]
+    for start in starts:
+        mine = [r for r in records if r["start"] == start]
+        lines += [f"## on {start} ({len(mine)} runs)", "",
                   "| rule | V halves: mean gain | V halves: runs < 0 | T: mean gain | "
                   "T: runs < start | kept |", "|---|---|---|---|---|---|"]
         for name in RULES:
-            cv = np.array(table[name]["cv"])[idx]
-            kept = [table[name]["t"][i][0] for i in idx]
-            t = np.array([table[name]["t"][i][1] for i in idx])
+            cv = np.array([r["cv"][name] for r in mine])
+            t = np.array([r["t"][name] for r in mine])
+            kept = "".join(str(r["kept"][name]) for r in mine)
             lines.append(f"| {name} | {cv.mean():+.3f} | {(cv < 0).sum()} | {t.mean():+.3f} | "
-                         f"{(t < 0).sum()} | {''.join(map(str, kept))} |")
+                         f"{(t < 0).sum()} | {kept} |")
         lines.append("")
+    lines += _cells(records, chosen)
     lines += ["## Per run, the default rule", "",
               "Gain in points over the start of the kept model on V (which the guard saw) and "
               "on T, and of the candidate best on T (for reference only).", "",
               "| run | kept | V | T | best on T |", "|---|---|---|---|---|"]
-    for path, (kept, t_gain), v_gain, t_best in zip(runs, table[next(iter(RULES))]["t"],
-                                                     details["v"], details["best"]):
-        lines.append(f"| {path.stem} | {kept} | {v_gain[kept]:+.2f} | {t_gain:+.2f} | "
-                     f"{t_best:+.2f} |")
-    output.write_text("\n".join(lines))
+    for r in records:
+        kept = r["kept"][DEFAULT]
+        lines.append(f"| {r['name']} | {kept} | {r['v_gain'][kept]:+.2f} | "
+                     f"{r['t'][DEFAULT]:+.2f} | {r['t_best']:+.2f} |")
+    output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+DEFAULT = next(iter(RULES))
+PICK = ("the highest mean gain on the unseen half of V on AdaRound's start, at least 0.1 point "
+        "above the default's, with no more runs below zero, and not below the default's on "
+        "RTN's start; else the default")
+
+
+def pick(records: list[dict]) -> str:
+    """The rule chosen on V alone, by the rule PICK states (set before the records were in)."""
+
+    def cv(name: str, start: str) -> np.ndarray:
+        return np.array([r["cv"][name] for r in records if r["start"] == start])
+
+    base_ada, base_rtn = cv(DEFAULT, "adaround"), cv(DEFAULT, "rtn")
+    fits = [name for name in RULES
+            if cv(name, "adaround").mean() >= base_ada.mean() + 0.1
+            and (cv(name, "adaround") < 0).sum() <= (base_ada < 0).sum()
+            and cv(name, "rtn").mean() >= base_rtn.mean()]
+    return max(fits, key=lambda name: cv(name, "adaround").mean(), default=DEFAULT)
+
+
+def _replayed(path: Path) -> dict:
+    """One record: every rule's choice, on V's halves and on all of V."""
+    data = np.load(path)
+    correct = data["classes"] == data["labels"][None, :]
+    kl, n_v = data["kl"], int(data["n_validation"])
+    float_correct = data["float_classes"] == data["labels"]
+    v, t = np.arange(n_v), np.arange(n_v, correct.shape[1])
+    a, b = v[: n_v // 2], v[n_v // 2:]
+    name = path.stem
+    record = {"name": name, "cell": name.rsplit("-", 2)[0], "start": name.rsplit("-", 1)[1],
+              "v_gain": 100 * (correct[:, v].mean(axis=1) - correct[0, v].mean()),
+              "t_start": 100 * correct[0, t].mean(),
+              "t_best": 100 * (correct[:, t].mean(axis=1) - correct[0, t].mean()).max(),
+              "cv": {}, "t": {}, "kept": {}}
+    for rule_name, rule in RULES.items():
+        # gain over the start in points on the half of V the guard did not see, both ways
+        record["cv"][rule_name] = np.mean(
+            [100 * (correct[choose(rule, correct, kl, float_correct, g), e].mean()
+                    - correct[0, e].mean()) for g, e in ((a, b), (b, a))])
+        kept = choose(rule, correct, kl, float_correct, v)
+        record["kept"][rule_name] = kept
+        record["t"][rule_name] = 100 * (correct[kept, t].mean() - correct[0, t].mean())
+    return record
+
+
+def _cells(records: list[dict], chosen: str) -> list[str]:
+    """Test accuracy per bench cell (mean over seeds) with the default rule and the chosen."""
+    lines = [f"## Per bench cell: T accuracy, mean over seeds, default rule -> {chosen}", "",
+             "| cell | AdaRound | qnnrepair | AdaRound + qnnrepair | AdaRound + qnnrepair "
+             "minus AdaRound, per seed |", "|---|---|---|---|---|"]
+    for cell in sorted({r["cell"] for r in records}):
+        rtn = [r for r in records if r["cell"] == cell and r["start"] == "rtn"]
+        ada = [r for r in records if r["cell"] == cell and r["start"] == "adaround"]
+        if not rtn or not ada:
+            continue
+        ada_t = np.mean([r["t_start"] for r in ada])
+
+        def mean(runs, rule):
+            return np.mean([r["t_start"] + r["t"][rule] for r in runs])
+
+        per_seed = ", ".join(f"{r['t'][DEFAULT]:+.2f} -> {r['t'][chosen]:+.2f}" for r in ada)
+        lines.append(f"| {cell} | {ada_t:.2f} | {mean(rtn, DEFAULT):.2f} -> "
+                     f"{mean(rtn, chosen):.2f} | {mean(ada, DEFAULT):.2f} -> "
+                     f"{mean(ada, chosen):.2f} | {per_seed} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -219,7 +272,8 @@ def main() -> None:
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--output", type=Path, default=RECORDS)
     rep = sub.add_parser("replay")
-    rep.add_argument("records", nargs="+", type=Path)
+    rep.add_argument("records", nargs="?", type=Path, default=RECORDS,
+                     help="the folder of records (default: %(default)s)")
     rep.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
