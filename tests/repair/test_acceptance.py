@@ -40,7 +40,7 @@ def test_a_tie_or_one_image_more_is_not_enough_with_kl():
 
 def test_the_paired_test_against_a_hand_computed_drop():
     # drops 1, 0, 0, 0: mean 0.25, standard deviation sqrt(0.25 * 0.75) = 0.433, standard
-    # error 0.2165: one standard error is passed, two are not
+    # error 0.2165, so the drop is 1.155 standard errors
     best, candidate = torch.ones(4), torch.tensor([0.0, 1.0, 1.0, 1.0])
     assert significant_drop(best, candidate, 1.0)
     assert not significant_drop(best, candidate, 1.2)
