@@ -27,6 +27,29 @@ def test_the_guard_never_keeps_a_candidate_that_lowers_validation_accuracy(
         assert candidate.divergence < best.divergence * (1 - min_gain)
 
 
+@st.composite
+def paired_scores(draw):
+    """A candidate and the best so far on the same n images, with per-image KL."""
+    n = draw(st.integers(1, 30))
+    kl = st.lists(st.floats(0, 5), min_size=n, max_size=n).map(
+        lambda v: torch.tensor(v, dtype=torch.float64))
+    return tuple(Score(draw(st.floats(0, 100)), per.mean().item(), per)
+                 for per in (draw(kl), draw(kl)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pair=paired_scores(), min_gain=st.floats(0, 0.5), min_z=st.floats(0, 3))
+def test_with_the_paired_test_the_guard_still_never_lowers_validation_accuracy(
+        pair, min_gain, min_z):
+    candidate, best = pair
+    guard = Guard.__new__(Guard)
+    guard.criterion, guard.min_gain, guard.min_z = "kl", min_gain, min_z
+    if guard.accepts(candidate, best, True):
+        assert candidate.accuracy >= best.accuracy
+        assert candidate.divergence < best.divergence * (1 - min_gain)
+        assert significant_drop(best.per_image, candidate.per_image, min_z)
+
+
 def test_a_tie_or_one_image_more_is_not_enough_with_kl():
     guard = Guard.__new__(Guard)
     guard.criterion, guard.min_gain, guard.min_z = "kl", 0.01, 0.0
