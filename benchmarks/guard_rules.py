@@ -2,7 +2,8 @@
 replayed on the records.
 
 The default repair builds every candidate from the starting model (candidates: the top 1, 8,
-64, ... hidden neurons and all of them), so its candidates do not depend on which ones the guard keeps.
+64, ... hidden neurons and all of them), so its candidates do not depend on which ones the
+guard keeps.
 `record` runs the bench's splits (R = 1,000 training images, V = 1,000 images of the test file,
 T = the other 9,000) for qnnrepair on RTN and on AdaRound, and saves each candidate's
 predicted class and per-image KL(float || candidate) on V and T (`.npz`, one per run).
@@ -26,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from common import DEFAULT_SHARED, RESULTS, command, machine, workload
+
+from qnnrepair.repair.acceptance import Score, keeps
 
 RECORDS = RESULTS / "experiments" / "guard_rules"
 MIN_GAIN = 0.01  # the default rule's relative KL gain
@@ -81,9 +83,21 @@ def record(model: str, setting: str, seed: int, output: Path) -> None:
 
 # A rule: (correct, kl, best) -> keep? `correct` (n,) bool and `kl` (n,) of the candidate
 # and of the best so far, on the images the guard sees.
-def default_rule(cand, best) -> bool:
-    return (cand[0].mean() >= best[0].mean()
-            and cand[1].mean() < best[1].mean() * (1 - MIN_GAIN))
+def library_rule(min_gain: float, min_z: float = 0.0):
+    """The repair's own decision (repair.acceptance.keeps) with these settings."""
+
+    def rule(cand, best) -> bool:
+        return keeps(_score(*cand), _score(*best), True, "kl", min_gain, min_z)
+
+    return rule
+
+
+def _score(correct: np.ndarray, kl: np.ndarray) -> Score:
+    per_image = torch.from_numpy(kl).double()
+    return Score(100.0 * correct.mean(), per_image.mean().item(), per_image)
+
+
+default_rule = library_rule(MIN_GAIN)
 
 
 def halves_rule(cand, best) -> bool:
@@ -93,7 +107,7 @@ def halves_rule(cand, best) -> bool:
                for s in (slice(0, n), slice(n, None)))
 
 
-def paired_rule(z: float):
+def sign_test_rule(z: float):
     """The default rule, and images fixed minus images broken at least z standard deviations
     of that difference (sign test, normal approximation) above zero."""
 
@@ -102,41 +116,27 @@ def paired_rule(z: float):
         broken = int((~cand[0] & best[0]).sum())
         return default_rule(cand, best) and fixed - broken >= z * math.sqrt(fixed + broken)
 
-    rule.__doc__ = f"paired, z = {z}"
     return rule
 
 
-def kl_paired_rule(z: float):
-    """The default rule, and the per-image KL drop at least z standard errors above zero (the
-    repair's own test: AcceptanceConfig.min_z)."""
-    from qnnrepair.repair.acceptance import significant_drop
+def accuracy_margin_rule(points: float):
+    """The default rule, and accuracy up by at least `points`."""
 
     def rule(cand, best) -> bool:
-        return default_rule(cand, best) and significant_drop(torch.from_numpy(best[1]),
-                                                             torch.from_numpy(cand[1]), z)
-
-    return rule
-
-
-def margin_rule(min_gain: float, min_points: float):
-    """KL down by `min_gain` (relative) and accuracy up by at least `min_points`."""
-
-    def rule(cand, best) -> bool:
-        return (100 * (cand[0].mean() - best[0].mean()) >= min_points
-                and cand[1].mean() < best[1].mean() * (1 - min_gain))
+        return default_rule(cand, best) and 100 * (cand[0].mean() - best[0].mean()) >= points
 
     return rule
 
 
 RULES = {"default (KL down 1 %, accuracy not down)": default_rule,
-         "KL down 10 %, accuracy not down": margin_rule(0.10, 0.0),
-         "KL down 1 %, accuracy up 0.3 point": margin_rule(MIN_GAIN, 0.3),
+         "KL down 10 %, accuracy not down": library_rule(0.10),
+         "KL down 1 %, accuracy up 0.3 point": accuracy_margin_rule(0.3),
          "default on each half of V": halves_rule,
-         "default + sign test z >= 1": paired_rule(1.0),
-         "default + sign test z >= 2": paired_rule(2.0),
-         "default + KL drop z >= 1": kl_paired_rule(1.0),
-         "default + KL drop z >= 2": kl_paired_rule(2.0),
-         "default + KL drop z >= 3": kl_paired_rule(3.0)}
+         "default + sign test z >= 1": sign_test_rule(1.0),
+         "default + sign test z >= 2": sign_test_rule(2.0),
+         "default + KL drop z >= 1": library_rule(MIN_GAIN, 1.0),
+         "default + KL drop z >= 2": library_rule(MIN_GAIN, 2.0),
+         "default + KL drop z >= 3": library_rule(MIN_GAIN, 3.0)}
 
 
 def choose(rule, correct: np.ndarray, kl: np.ndarray, float_correct: np.ndarray,

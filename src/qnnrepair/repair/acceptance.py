@@ -55,18 +55,23 @@ class Guard:
         return Score(accuracy, per_image.mean().item(), per_image)
 
     def accepts(self, candidate: Score, best: Score, changed: bool) -> bool:
-        if not changed or candidate.accuracy < best.accuracy:
-            return False
-        if self.criterion == "accuracy":
-            return True
-        return (candidate.divergence < best.divergence * (1.0 - self.min_gain)
-                and (self.min_z == 0.0
-                     or significant_drop(best.per_image, candidate.per_image, self.min_z)))
+        return keeps(candidate, best, changed, self.criterion, self.min_gain, self.min_z)
 
     def worse(self, candidate: Score, best: Score) -> bool:
         """The criterion got worse: larger candidates, built on the same ranking, are
         unlikely to turn it around (with "accuracy", the loop goes on as published)."""
         return self.criterion == "kl" and candidate.divergence > best.divergence
+
+
+def keeps(candidate: Score, best: Score, changed: bool, criterion: str = "kl",
+          min_gain: float = 0.0, min_z: float = 0.0) -> bool:
+    """The guard's decision on two scores (Guard.accepts), apart from any model."""
+    if not changed or candidate.accuracy < best.accuracy:
+        return False
+    if criterion == "accuracy":
+        return True
+    return (candidate.divergence < best.divergence * (1.0 - min_gain)
+            and (min_z == 0.0 or significant_drop(best.per_image, candidate.per_image, min_z)))
 
 
 def significant_drop(best: torch.Tensor, candidate: torch.Tensor, z: float) -> bool:
