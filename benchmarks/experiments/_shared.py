@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def results(name: str, fresh: bool) -> Rows:
 
 
 def meta(**extra) -> dict:
-    torch.set_num_threads(2)
+    # Two threads on the 2-core machine; OMP_NUM_THREADS=1 when two experiments share it.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
     return {"command": command(), "machine": machine(), **extra}
 
 

@@ -4,7 +4,7 @@ the same number of repaired neurons?
     python benchmarks/experiments/e2_metrics.py [--models conv3 conv5 resnet20]
         [--fractions 1 5 10 25] [--metrics gradient ochiai gradient+rounds ...]
         [--random-seeds 3]
-        [--name e2_metrics] [--fresh | --render]
+        [--name e2_metrics] [--fresh | --render] [--without-all] [--merge NAME ...]
 
 For each model, metric and fraction p: the top p % of the neurons of that metric's ranking
 (hidden layers, as the default preset repairs) are repaired with the default LPs and no
@@ -14,12 +14,19 @@ SBFL metric on spectra from the state rule `rule` (e.g. ochiai@graded_error); "n
 ranks in rounds of P % of the neurons (5 when P is left out), each on the model with the
 neurons chosen so far repaired (Repairer.rank_in_rounds). `--neurons`
 gives absolute counts instead of fractions (the seed's N = 1, 5, 10, 50).
+
+Two processes can share the machine by writing to their own `--name` with `--without-all` (the
+every-neuron reference is already in the main file), then `--name MAIN --merge THEIRS ...` adds
+their rows (each keeps its own command) to MAIN's file and renders it.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from _shared import (
+    OUT,
     SETTINGS,
     Clock,
     accuracies,
@@ -51,9 +58,15 @@ def main() -> None:
                         default=sorted(m for m in METRICS if m != "random"))
     parser.add_argument("--random-seeds", type=int, default=3)
     parser.add_argument("--name", default=NAME)
+    parser.add_argument("--without-all", action="store_true",
+                        help="skip the every-neuron reference (another file has it)")
+    parser.add_argument("--merge", nargs="+", metavar="NAME",
+                        help="add the rows of these result files to --name's, then render")
     args = parser.parse_args()
     if args.render:
         return rerender(args.name, render)
+    if args.merge:
+        return merge(args.name, args.merge)
     sizes = args.neurons or [f"{p:g}%" for p in args.fractions] + ["all"]
     m = meta(sizes=sizes, name=args.name)
     rows = results(args.name, args.fresh)
@@ -69,7 +82,8 @@ def main() -> None:
         for metric, seed in runs:
             todo = [s for s in sizes
                     if not rows.has(model=model, metric=metric, seed=seed, n=s)]
-            if (metric != runs[0][0] or "+rounds" in metric) and "all" in todo:
+            if (metric != runs[0][0] or "+rounds" in metric or args.without_all) \
+                    and "all" in todo:
                 todo.remove("all")  # every ranking repairs the same set
             if not todo:
                 continue
@@ -91,6 +105,19 @@ def main() -> None:
                 print(f"{model} {metric}/{seed} top-{size} ({n}): test {before['test']:.2f} -> "
                       f"{rows.rows[-1]['repaired']['test']:.2f}", flush=True)
     render(rows.rows, m)
+
+
+def merge(name: str, others: list[str]) -> None:
+    """The rows of `others` not already in `name`'s file (same model, metric, seed, size) added
+    to it; the table drawn again."""
+    rows = results(name, fresh=False)
+    saved = json.loads((OUT / f"{name}.json").read_text())["meta"]
+    key = ("model", "metric", "seed", "n")
+    for other in others:
+        for row in json.loads((OUT / f"{other}.json").read_text())["rows"]:
+            if not rows.has(**{k: row[k] for k in key}):
+                rows.add(row, saved)
+    render(rows.rows, saved)
 
 
 def count(size, n_ranked: int) -> int:
