@@ -114,7 +114,10 @@ def merge(name: str, others: list[str]) -> None:
     saved = json.loads((OUT / f"{name}.json").read_text())["meta"]
     key = ("model", "metric", "seed", "n")
     for other in others:
-        for row in json.loads((OUT / f"{other}.json").read_text())["rows"]:
+        path = OUT / f"{other}.json"
+        if not path.exists():
+            raise SystemExit(f"no rows file {path}: run e2_metrics.py --name {other} first")
+        for row in json.loads(path.read_text())["rows"]:
             if not rows.has(**{k: row[k] for k in key}):
                 rows.add(row, saved)
     render(rows.rows, saved)
