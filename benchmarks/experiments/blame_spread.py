@@ -21,6 +21,7 @@ import math
 import numpy as np
 from _shared import OUT, SETTINGS, Clock, arguments, header, meta, quantized, workload
 from blame_reference import concentration
+from e2_metrics import gains, rounds_chosen, rounds_tried
 
 from qnnrepair.localization import make_localizer
 from qnnrepair.quantization import batches
@@ -92,30 +93,19 @@ def half_the_blame(share: dict[str, float]) -> list[str]:
 
 
 def e2_ratios() -> dict[str, list[float]]:
-    """From e2_fractions.json: per model, the gain of the gradient-in-rounds ranking chosen on
-    validation over Random's mean gain, at 5 % and 10 % (as E2's first table chooses it)."""
+    """From e2_fractions.json: per model, the test gain of the gradient-in-rounds ranking chosen
+    on validation (as E2's first table chooses it) over Random's mean gain, at 5 % and 10 %."""
     path = OUT / "e2_fractions.json"
     if not path.exists():
         return {}
     rows = json.loads(path.read_text())["rows"]
-
-    def gain(model, metric, n, split="test"):
-        g = [r["repaired"][split] - r["quantized"][split] for r in rows
-             if r["model"] == model and r["metric"] == metric and r["n"] == n]
-        return float(np.mean(g)) if g else None
-
     out = {}
     for model in dict.fromkeys(r["model"] for r in rows):
-        tried = {}
-        for metric in dict.fromkeys(r["metric"] for r in rows if r["model"] == model):
-            if metric.startswith("gradient+rounds"):
-                v = [gain(model, metric, s, "validation") for s in ("5%", "10%")]
-                if None not in v:
-                    size = float(metric.partition("+rounds")[2] or 5)
-                    tried[metric] = (round(sum(v), 6), size)
+        tried = rounds_tried(rows, model)
         if tried:
-            chosen = max(tried, key=tried.get)
-            out[model] = [gain(model, chosen, s) / gain(model, "random", s)
+            chosen = rounds_chosen(tried)
+            out[model] = [float(np.mean(gains(rows, model, chosen, s))
+                                / np.mean(gains(rows, model, "random", s)))
                           for s in ("5%", "10%")]
     return out
 

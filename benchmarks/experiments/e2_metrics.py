@@ -224,16 +224,11 @@ def _rounds_on_validation(rows: list[dict]) -> list[str]:
            "|---|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
-        tried = {}
-        for metric in dict.fromkeys(r["metric"] for r in sub):
-            if metric.startswith("gradient+rounds"):
-                v = [gains(sub, model, metric, s, "validation") for s in ("5%", "10%")]
-                if all(v):
-                    tried[metric] = [float(np.mean(g)) for g in v]
+        tried = rounds_tried(sub, model)
         if not tried:
             continue
-        size = {m: float(m.partition("+rounds")[2] or 5) for m in tried}
-        chosen = max(tried, key=lambda m: (round(sum(tried[m]), 6), size[m]))
+        size = {m: round_size(m) for m in tried}
+        chosen = rounds_chosen(tried)
         test = [np.mean(gains(sub, model, chosen, s)) for s in ("5%", "10%")]
         rnd = [np.mean(gains(sub, model, "random", s) or [np.nan]) for s in ("5%", "10%")]
         every = [r["repaired"]["test"] - r["quantized"]["test"] for r in sub
@@ -244,6 +239,28 @@ def _rounds_on_validation(rows: list[dict]) -> list[str]:
                    f"{test[1]:+.2f} | {rnd[0]:+.2f}, {rnd[1]:+.2f} | "
                    + _verdicts(sub, model, chosen, every) + " |")
     return out + [""]
+
+
+def round_size(metric: str) -> float:
+    """P of "gradient+roundsP" (5 when left out)."""
+    return float(metric.partition("+rounds")[2] or 5)
+
+
+def rounds_tried(rows: list[dict], model: str) -> dict[str, list[float]]:
+    """The model's `gradient+roundsP` metrics with rows at 5 % and 10 %: their mean V gains."""
+    tried = {}
+    for metric in dict.fromkeys(r["metric"] for r in rows if r["model"] == model):
+        if metric.startswith("gradient+rounds"):
+            v = [gains(rows, model, metric, s, "validation") for s in ("5%", "10%")]
+            if all(v):
+                tried[metric] = [float(np.mean(g)) for g in v]
+    return tried
+
+
+def rounds_chosen(tried: dict[str, list[float]]) -> str:
+    """The round size validation prefers: the largest V gain summed over 5 % and 10 %, ties to
+    the larger size (fewer rounds)."""
+    return max(tried, key=lambda m: (round(sum(tried[m]), 6), round_size(m)))
 
 
 def _verdicts(sub, model, metric, every) -> str:
