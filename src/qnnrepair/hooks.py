@@ -86,13 +86,18 @@ def capture(
 ) -> Iterator[dict[str, Any]]:
     """`store[name]` = the latest input or output of `modules[name]`, while inside the block.
 
-    Yields `store` (a new dict when none is given). Tensors are detached unless `detach=False`;
-    anything else is stored as it is. The store is left as it is on exit.
+    Yields `store` (a new dict when none is given). Tensors are detached copies unless
+    `detach=False` (then the tensor itself); anything else is stored as it is. A copy, because
+    models write into tensors after a layer made them (`nn.ReLU(inplace=True)`, `out += x`):
+    a stored reference would hold what the next in-place op left. The store is left as it is
+    on exit.
     """
     store = {} if store is None else store
 
     def keep(name: str, value: Any) -> None:
-        store[name] = value.detach() if detach and isinstance(value, torch.Tensor) else value
+        if detach and isinstance(value, torch.Tensor):
+            value = value.detach().clone()
+        store[name] = value
 
     with on_forward(modules, keep, what):
         yield store

@@ -328,6 +328,9 @@ class _StraightThrough:
             if not output.requires_grad:  # the first layer: nothing upstream needs a gradient
                 output = output.detach().requires_grad_(True)
             self._outputs[layer] = output
+            # The model goes on with a copy: an in-place op downstream (nn.ReLU(inplace=True),
+            # `out += x`) would otherwise write into the tensor the gradient is taken at.
+            return output.clone()
         return output
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -174,7 +174,7 @@ class _LayerRecorder:
                 f"layer {layer!r} of the {self.role} returned {type(output).__name__}, "
                 "not a tensor; choose Conv/Linear layers"
             )
-        self._outputs[layer] = output.detach()
+        self._outputs[layer] = output.detach().clone()  # in-place ops downstream write into it
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._outputs = {}

@@ -28,6 +28,8 @@ class _QuantLayer(nn.Module):
         self.register_buffer("bias_int", torch.zeros(out_features, dtype=torch.int32))
         self.register_buffer("input_scale", torch.tensor(1.0))
         self.register_buffer("input_zero_point", torch.tensor(0, dtype=torch.int32))
+        # (float weight, float bias) while quantization.checks runs the float reference path.
+        self.reference: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def qmax(self) -> int:
@@ -63,6 +65,16 @@ class _QuantLayer(nn.Module):
         if bias is not None:
             self.bias_int.copy_(round_bias(bias, self.bias_scale()))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reference is not None:  # the self-check's float path: same kernel, no rounding
+            return self.kernel(x, *self.reference)
+        return self.kernel(self.quantize_input(x), self.dequantized_weight(),
+                           self.dequantized_bias())
+
+    def kernel(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"w{self.weight_bits}a{self.act_bits}, weight={tuple(self.weight_int.shape)}"
 
@@ -88,9 +100,9 @@ class QuantConv2d(_QuantLayer):
         return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                    conv.padding, conv.dilation, conv.groups, weight_bits, act_bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.quantize_input(x), self.dequantized_weight(), self.dequantized_bias(),
-                        self.stride, self.padding, self.dilation, self.groups)
+    def kernel(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class QuantLinear(_QuantLayer):
@@ -102,8 +114,9 @@ class QuantLinear(_QuantLayer):
     def like(cls, linear: nn.Linear, weight_bits: int, act_bits: int) -> QuantLinear:
         return cls(linear.in_features, linear.out_features, weight_bits, act_bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantize_input(x), self.dequantized_weight(), self.dequantized_bias())
+    def kernel(self, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)

@@ -13,8 +13,10 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import batch_size_for
 from qnnrepair.hooks import on_forward
 from qnnrepair.progress import progress
+from qnnrepair.quantization.checks import call_counts, check_output, self_check
 from qnnrepair.quantization.config import QuantConfig
 from qnnrepair.quantization.fold import fold_batchnorm, set_module
+from qnnrepair.quantization.kernels import own_kernels, weighted_calls_outside
 from qnnrepair.quantization.modules import QUANT_LAYERS, quant_layer_like
 from qnnrepair.quantization.primitives import (
     activation_qparams,
@@ -35,7 +37,8 @@ _SAMPLE_CAP = 1 << 20
 class QuantizedModel:
     """A quantized network beside the BN-folded float network it came from.
 
-    `model` and `float_model` share the fully qualified names of every quantized layer in
+    Modules with a forward of their own are wrapped (`kernels`, see quantization.kernels), so a
+    layer name may end in `.kernel`. `model` and `float_model` share the fully qualified names of every quantized layer in
     `layers` (forward order), so hooks on the same name see the float and quantized
     pre-activations of the same neurons.
     """
@@ -47,6 +50,7 @@ class QuantizedModel:
     folded: list[tuple[str, str]] = field(default_factory=list)
     model_spec: str | None = None
     num_classes: int | None = None
+    kernels: dict[str, dict] = field(default_factory=dict)  # modules with their own forward
 
     def layer(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
@@ -58,7 +62,7 @@ class QuantizedModel:
         """A copy whose integers can be changed without touching this one (float model shared)."""
         return QuantizedModel(copy.deepcopy(self.model), self.float_model, self.config,
                               list(self.layers), list(self.folded), self.model_spec,
-                              self.num_classes)
+                              self.num_classes, dict(self.kernels))
 
     def integer_state(self) -> dict[str, torch.Tensor]:
         """The integers of every quantized layer: what a repair changes."""
@@ -129,10 +133,16 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_images: torch.Te
     if len(calibration_images) == 0:
         raise QnnRepairError("calibration set is empty: give at least one image")
     example = calibration_images[:2]
-    float_model, folded = fold_batchnorm(model, example)
+    model = model.eval()
+    check_output(model, example)
+    own_model, kernels = own_kernels(model, example)
+    weighted_calls_outside(own_model, example)
+    float_model, folded = fold_batchnorm(own_model, example)
     layers = forward_order(float_model, example)
     if not layers:
-        raise QnnRepairError("model has no Conv2d or Linear layer to quantize")
+        raise QnnRepairError("model has no Conv2d or Linear layer to quantize: qnnrepair "
+                             "changes the integer weights of those layers")
+    call_counts(float_model, layers, example)
     batch_size = batch_size or batch_size_for(calibration_images, 250)
     observers = calibrate(float_model, layers, calibration_images, batch_size, seed, show_progress)
     quant_model = copy.deepcopy(float_model)
@@ -141,11 +151,12 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_images: torch.Te
         layer = _quantize_layer(float_model.get_submodule(name), observers[name], config,
                                 wbits, abits)
         set_module(quant_model, name, layer)
+    self_check(model, quant_model.eval(), float_model.eval(), layers, calibration_images)
     logger.info("quantized %d layers at %s (%d BatchNorms folded)", len(layers), config.setting,
                 len(folded))
     num_classes = _num_classes(float_model, layers)
-    return QuantizedModel(quant_model.eval(), float_model.eval(), config, layers, folded,
-                          model_spec, num_classes)
+    return QuantizedModel(quant_model, float_model, config, layers, folded, model_spec,
+                          num_classes, kernels)
 
 
 def _quantize_layer(float_layer: nn.Module, observer: _RangeObserver, config: QuantConfig,

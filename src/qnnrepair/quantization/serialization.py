@@ -4,6 +4,8 @@ The file holds plain containers, strings and tensors only, so loading it never u
 arbitrary objects. The architecture is rebuilt from `model_spec` (a zoo name, module:factory
 or path/file.py:factory).
 
+Version 3 adds `kernels`: the modules that keep their own forward (quantization.kernels) and
+their kernels' geometry, rebuilt before the state is loaded.
 Version 2 adds `model_origin`: for a user's model, the absolute file its factory was imported
 from and the folder that import needs on sys.path, so that a later command run from another
 folder still finds it, or says exactly what to pass. Version 1 files (no origin) are read too.
@@ -12,6 +14,7 @@ folder still finds it, or says exactly what to pass. Version 1 files (no origin)
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from pathlib import Path
@@ -22,12 +25,13 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.fileio import atomic_path
 from qnnrepair.quantization.config import QuantConfig
 from qnnrepair.quantization.fold import apply_fold_structure, set_module
+from qnnrepair.quantization.kernels import wrap_kernels
 from qnnrepair.quantization.modules import quant_layer_like
 from qnnrepair.quantization.quantizer import QuantizedModel
 
 FORMAT = "qnnrepair.quantized_model"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)  # 1: no model_origin
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)  # 1: no model_origin; 2: no kernels
 
 
 def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
@@ -45,11 +49,17 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike) -> None:
         "layer_bits": {n: [qmodel.layer(n).weight_bits, qmodel.layer(n).act_bits]
                        for n in qmodel.layers},
         "folded": [list(p) for p in qmodel.folded],
+        "kernels": json.dumps(qmodel.kernels, sort_keys=True),
         "quant_state": qmodel.model.state_dict(),
         "float_state": qmodel.float_model.state_dict(),
     }
+    # Saved through a buffer: torch.save names the archive's inner folder after the file it
+    # writes, and the atomic write's temporary name is random; a buffer's is always "archive",
+    # so the same model gives the same bytes.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        Path(tmp).write_bytes(buffer.getvalue())
 
 
 def load_quantized(path: str | os.PathLike, model_spec: str | None = None) -> QuantizedModel:
@@ -59,7 +69,9 @@ def load_quantized(path: str | os.PathLike, model_spec: str | None = None) -> Qu
     payload = _read(Path(path))
     spec = _spec_to_use(Path(path), payload["model_spec"], model_spec)
     float_model, spec = _build(Path(path), payload, spec, given=model_spec is not None)
+    kernels = json.loads(payload.get("kernels", "{}"))
     try:
+        wrap_kernels(float_model, kernels)
         apply_fold_structure(float_model, [tuple(p) for p in payload["folded"]])
         float_model.load_state_dict(payload["float_state"])
         quant_model = _quant_structure(float_model, payload["layer_bits"])
@@ -70,7 +82,7 @@ def load_quantized(path: str | os.PathLike, model_spec: str | None = None) -> Qu
     return QuantizedModel(quant_model.eval(), float_model.eval(),
                           QuantConfig.from_dict(json.loads(payload["config"])),
                           list(payload["layers"]), [tuple(p) for p in payload["folded"]],
-                          spec, payload["num_classes"])
+                          spec, payload["num_classes"], kernels)
 
 
 def _origin(spec: str) -> dict[str, str]:

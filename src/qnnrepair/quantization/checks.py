@@ -1,0 +1,126 @@
+"""What the quantizer checks about a user's model, before and after quantizing it.
+
+Before: the model returns one (batch, classes) tensor; every weight of a convolution or linear
+call lives in an nn.Conv2d / nn.Linear (kernels.weighted_calls_outside); each of those runs once
+per forward pass.
+
+After (the self-check): the quantized model, with every layer computing in float (its float
+weight, its input not rounded; `reference_path`), must reproduce the user's own model on a
+calibration batch within `RTOL` of the largest output. This runs the quantized model's very
+structure (the same kernels, geometry and wrappers), so a layer built with the wrong padding,
+a lost forward or a bad fold is caught here, named, before any file is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from qnnrepair.errors import QnnRepairError
+from qnnrepair.hooks import capture
+
+# Folding BatchNorm changes float32 rounding; a wrong geometry or forward changes far more.
+RTOL = 1e-3
+CHECK_IMAGES = 16
+
+
+def check_output(model: nn.Module, example: torch.Tensor) -> None:
+    """A classifier's forward returns one (batch, classes) tensor of logits."""
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, torch.Tensor):
+        raise QnnRepairError(
+            f"the model returns a {type(out).__name__}, not a tensor of logits (batch, classes): "
+            "wrap it so that forward returns the logits alone")
+    if out.dim() != 2 or out.shape[0] != len(example):
+        raise QnnRepairError(
+            f"the model returns a tensor of shape {tuple(out.shape)} for {len(example)} images, "
+            "not logits (batch, classes): wrap it so that forward returns them")
+
+
+def call_counts(model: nn.Module, names: list[str], example: torch.Tensor) -> None:
+    """Refuse a Conv2d / Linear that runs more than once per forward (shared weights)."""
+    counts = dict.fromkeys(names, 0)
+    modules = {n: model.get_submodule(n) for n in names}
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: counts.__setitem__(n, counts[n] + 1))
+               for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    shared = [n for n, c in counts.items() if c > 1]
+    if shared:
+        raise QnnRepairError(
+            f"layer {shared[0]!r} ({type(modules[shared[0]]).__name__}) runs {counts[shared[0]]} "
+            "times per forward pass; qnnrepair repairs layers that run once: give each use "
+            "its own module")
+
+
+@contextmanager
+def reference_path(quant_model: nn.Module, float_model: nn.Module,
+                   layers: list[str]) -> Iterator[None]:
+    """Inside the block every quantized layer computes its kernel in float: the float model's
+    weight and bias, its input not rounded."""
+    quant_layers = [quant_model.get_submodule(n) for n in layers]
+    try:
+        for name, layer in zip(layers, quant_layers):
+            float_layer = float_model.get_submodule(name)
+            layer.reference = (float_layer.weight.detach(),
+                               None if float_layer.bias is None else float_layer.bias.detach())
+        yield
+    finally:
+        for layer in quant_layers:
+            layer.reference = None
+
+
+def self_check(user_model: nn.Module, quant_model: nn.Module, float_model: nn.Module,
+               layers: list[str], images: torch.Tensor) -> None:
+    """The quantized model on its float path reproduces the user's model on `images`; else one
+    line naming the first layer whose output differs."""
+    x = images[:CHECK_IMAGES]
+    with torch.no_grad():
+        expected = user_model.eval()(x)
+        with reference_path(quant_model, float_model, layers):
+            got = quant_model(x)
+    if _close(expected, got):
+        return
+    name, diff = _first_difference(quant_model, float_model, layers, x)
+    if name is not None:
+        raise QnnRepairError(
+            f"self-check failed: layer {name!r} of the quantized model computes something else "
+            f"than the float layer (relative difference {diff:.2g} in float); qnnrepair cannot "
+            "quantize this layer faithfully: report the model's code")
+    raise QnnRepairError(
+        f"self-check failed: the quantized model, computing in float, differs from your model "
+        f"(relative difference {_relative(expected, got):.2g}, tolerance {RTOL}) although every "
+        "quantized layer matches its float layer: BatchNorm folding or an operation outside "
+        "Conv2d/Linear changed the result; report the model's code")
+
+
+def _first_difference(quant_model, float_model, layers, x) -> tuple[str | None, float]:
+    with torch.no_grad():
+        with capture({n: float_model.get_submodule(n) for n in layers}) as expected:
+            float_model(x)
+        with capture({n: quant_model.get_submodule(n) for n in layers}) as got, \
+                reference_path(quant_model, float_model, layers):
+            quant_model(x)
+    for name in layers:
+        a, b = expected.get(name), got.get(name)
+        if a is None or b is None or a.shape != b.shape or not _close(a, b):
+            return name, (_relative(a, b) if a is not None and b is not None
+                          and a.shape == b.shape else float("inf"))
+    return None, 0.0
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (isinstance(b, torch.Tensor) and a.shape == b.shape
+            and bool(torch.isfinite(b).all()) and _relative(a, b) <= RTOL)
