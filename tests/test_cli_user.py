@@ -132,7 +132,7 @@ def test_qnn_of_a_module_factory_is_found_from_another_folder(task, capsys, tmp_
     (task / "usernet_away.py").write_text(NET)
     quantize(capsys, "usernet_away:make_net")
     payload = torch.load(task / "q.qnn", weights_only=True)
-    assert payload["format_version"] == 2
+    assert payload["format_version"] == 3
     assert payload["model_origin"] == {"file": str(task / "usernet_away.py"),
                                        "path_entry": str(task)}
     elsewhere = tmp_path / "elsewhere"

@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from qnnrepair.data import Dataset, Splits, check_compatible, load_dataset, make_splits, to_tensor
+from qnnrepair.data.resizing import ImageSize
 from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import per_class_accuracy, predict
 from qnnrepair.formats.model import DeployedModel
 from qnnrepair.models import ModelInfo, load_model, model_info
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
+from qnnrepair.quantization.checks import check_output
 from qnnrepair.repair import RepairConfig, Repairer
 from qnnrepair.report import RepairReport
 
@@ -80,14 +82,10 @@ def probe_classes(model: nn.Module, model_spec: str, data: Dataset,
                   std: Sequence[float] | None = None) -> int:
     """Run a user's model on one image: its output size is the class count."""
     info = user_model_info(model_spec, data, 1, mean, std)
-    try:
-        with torch.no_grad():
-            logits = model(to_tensor(data.images[:1], info.mean, info.std))
-    except RuntimeError as err:
-        raise QnnRepairError(f"model {model_spec} fails on images of shape "
-                             f"{'x'.join(map(str, data.images.shape[1:]))}: "
-                             f"{str(err).splitlines()[0][:160]}; give images the model "
-                             "accepts") from None
+    images = to_tensor(data.images[:1], info.mean, info.std)
+    check_output(model.eval(), images)  # one line for a crash or a tuple / dict output
+    with torch.no_grad():
+        logits = model(images)
     if logits.dim() != 2:
         raise QnnRepairError(f"model {model_spec} returns shape {tuple(logits.shape)}, "
                              "expected logits (batch, classes)")
@@ -115,7 +113,7 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
             n_validation: int = 1000, n_test: int | None = None, seed: int = 0,
             num_classes: int = 10, model: nn.Module | None = None,
             validation_data: str | Path | None = None, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None) -> Workload:
+            std: Sequence[float] | None = None, size: ImageSize | None = None) -> Workload:
     """Load the model (unless given) and the data, check they fit, and draw the splits.
 
     R comes from `data`'s training split. V comes from `validation_data` when given, else
@@ -126,6 +124,7 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
     `mean` and `std` (one value per channel, applied after scaling pixels to [0, 1]) are the
     input normalization of a user's `module:factory` model, as it was trained; without them
     it gets [0, 1] input. A zoo model always uses its own; passing others is an error.
+    `size` resizes and crops every image as it is loaded (users' raw photos).
     """
     if n_repair == 0:
         raise QnnRepairError("the repair set is empty (n_repair 0): it calibrates the quantizer "
@@ -133,7 +132,7 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
     user = ":" in model_spec
     if not user:
         _zoo_info(model_spec, num_classes, mean, std)  # refuse before loading anything
-    pool, test, validation = _load_data(data, test_data, validation_data)
+    pool, test, validation = _load_data(data, test_data, validation_data, size)
     if model is None:
         model = load_model(model_spec, weights, num_classes=num_classes)
     if user:
@@ -149,7 +148,8 @@ def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Pa
                      *, n_repair: int = 1000, n_validation: int = 1000, n_test: int | None = None,
                      seed: int = 0, validation_data: str | Path | None = None,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                     label_offset: int | None = None) -> Workload:
+                     label_offset: int | None = None, size: ImageSize | None = None
+                     ) -> Workload:
     """`prepare` for a deployed file (formats.deployed.load_deployed): the input normalization
     comes from the file unless `mean`/`std` are given, the class count from its output.
     `label_offset` is added to every label; None means 1 for a model with 1,001 outputs
@@ -159,7 +159,7 @@ def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Pa
     if n_repair == 0:
         raise QnnRepairError("the repair set is empty (n_repair 0): it drives localization and "
                              "the LPs; draw at least one image")
-    datasets = _load_data(data, test_data, validation_data)
+    datasets = _load_data(data, test_data, validation_data, size)
     if mean is None and std is None:
         mean, std = input_normalization(model)
     spec = str(model.path)
@@ -174,11 +174,11 @@ def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Pa
                      seed)
 
 
-def _load_data(data, test_data, validation_data) -> tuple[Dataset, Dataset | None,
-                                                          Dataset | None]:
-    pool = load_dataset(data, split="train")
-    test = load_dataset(test_data, split="test") if test_data is not None else None
-    validation = load_dataset(validation_data, split="test") \
+def _load_data(data, test_data, validation_data, size=None
+               ) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    pool = load_dataset(data, split="train", size=size)
+    test = load_dataset(test_data, split="test", size=size) if test_data is not None else None
+    validation = load_dataset(validation_data, split="test", size=size) \
         if validation_data is not None else None
     return pool, test, validation
 

@@ -32,6 +32,10 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    "drawn from it, disjointly (default: the rest of --data)")
     g.add_argument("--validation-data", type=Path, help="validation data of its own (default: "
                    "drawn from --test-data, else from --data with a warning)")
+    g.add_argument("--resize", type=int, metavar="N", help="resize every image so that its "
+                   "shorter side is N pixels (bilinear), as it is loaded (default: as stored)")
+    g.add_argument("--crop", type=int, metavar="M", help="then keep the centre M x M square "
+                   "(with --resize 256 --crop 224: the ImageNet evaluation convention)")
     g.add_argument("--n-repair", type=int, default=1000, help="repair-set size (default 1000)")
     g.add_argument("--n-validation", type=int, default=1000,
                    help="validation-set size (default 1000)")
@@ -164,7 +168,8 @@ def workload_of(args):
     workload = prepare(spec, args.weights, args.data, args.test_data, n_repair=args.n_repair,
                        n_validation=args.n_validation, n_test=args.n_test, seed=args.seed,
                        num_classes=args.num_classes, model=model,
-                       validation_data=args.validation_data, mean=args.mean, std=args.std)
+                       validation_data=args.validation_data, mean=args.mean, std=args.std,
+                       size=image_size(args))
     norm_note(spec, args)
     return workload, quantized
 
@@ -180,7 +185,8 @@ def _deployed_workload(args):
     workload = prepare_deployed(model, args.data, args.test_data, n_repair=args.n_repair,
                                 n_validation=args.n_validation, n_test=args.n_test,
                                 seed=args.seed, validation_data=args.validation_data,
-                                mean=args.mean, std=args.std, label_offset=args.label_offset)
+                                mean=args.mean, std=args.std, label_offset=args.label_offset,
+                                size=image_size(args))
     return workload, model
 
 
@@ -191,6 +197,12 @@ def quantized_of(args, workload, quantized):
         return quantized
     return quantize(workload.model, quant_config(args), workload.images("repair"),
                     model_spec=workload.model_spec, seed=args.seed, show_progress=args.progress)
+
+
+def image_size(args):
+    from qnnrepair.data.resizing import ImageSize
+
+    return ImageSize(getattr(args, "resize", None), getattr(args, "crop", None))
 
 
 def sidecar(output: Path, suffix: str) -> Path:

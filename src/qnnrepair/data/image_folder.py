@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from qnnrepair.data.dataset import Dataset
+from qnnrepair.data.resizing import ImageSize
 from qnnrepair.errors import QnnRepairError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
-def load_image_folder(folder: Path) -> Dataset:
+def load_image_folder(folder: Path, size: ImageSize | None = None) -> Dataset:
     """All images under `folder`'s class subfolders, labelled by sorted class name."""
     classes = class_folders(folder)
     files: list[Path] = []
@@ -52,21 +53,23 @@ def load_image_folder(folder: Path) -> Dataset:
             f"image folder {folder} has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))} "
             "files inside one subfolder per class, or a labels.csv; see docs/DATA.md)"
         )
-    images = decode_images(files)
+    images = decode_images(files, size)
     logger.debug("read %d images of %d classes from %s", len(files), len(classes), folder)
     return Dataset(images, np.asarray(labels, dtype=np.int64), tuple(c.name for c in classes))
 
 
-def decode_images(files: list[Path]) -> np.ndarray:
-    """Stack of all images: (N, H, W, 1) when every one is grayscale, else (N, H, W, 3)."""
+def decode_images(files: list[Path], size: ImageSize | None = None) -> np.ndarray:
+    """Stack of all images: (N, H, W, 1) when every one is grayscale, else (N, H, W, 3), each
+    resized and cropped by `size` first."""
     image_module = _pillow()
-    arrays = [_decode(image_module, path) for path in files]
+    arrays = [_decode(image_module, path, size) for path in files]
     first = arrays[0]
     for path, array in zip(files, arrays, strict=True):
         if array.shape[:2] != first.shape[:2]:
             raise QnnRepairError(
                 f"images differ in size: {files[0]} is {_size(first)}, {path} is {_size(array)}; "
-                "resize them to one size"
+                "pass --resize N --crop M (shorter side to N, centre crop M, e.g. --resize 256 "
+                "--crop 224) to bring them to one size"
             )
     if all(array.ndim == 2 for array in arrays):
         return np.stack(arrays)[..., None]
@@ -74,12 +77,15 @@ def decode_images(files: list[Path]) -> np.ndarray:
     return np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
 
 
-def _decode(image_module: object, path: Path) -> np.ndarray:
+def _decode(image_module: object, path: Path, size: ImageSize | None) -> np.ndarray:
     """(H, W) uint8 for a grayscale image, (H, W, 3) for any other; one file open at a time."""
     try:
         with image_module.open(path) as image:  # type: ignore[attr-defined]
             gray = image.mode in _GRAY_MODES
-            return np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
+            image = image.convert("L" if gray else "RGB")
+            if size:
+                image = size.apply(image)
+            return np.asarray(image, dtype=np.uint8)
     except OSError as err:  # UnidentifiedImageError and truncated-file errors are OSErrors
         raise QnnRepairError(
             f"cannot decode image {path} ({err}); the file is corrupt or not an image"

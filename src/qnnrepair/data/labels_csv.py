@@ -22,6 +22,7 @@ import numpy as np
 
 from qnnrepair.data.dataset import Dataset
 from qnnrepair.data.image_folder import decode_images
+from qnnrepair.data.resizing import ImageSize
 from qnnrepair.errors import QnnRepairError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def has_labels_csv(folder: Path) -> bool:
     return (folder / LABELS_FILE).is_file()
 
 
-def load_labels_csv(folder: Path) -> Dataset:
+def load_labels_csv(folder: Path, size: ImageSize | None = None) -> Dataset:
     """The images listed in `folder/labels.csv`, in the order listed, with their labels."""
     files, labels = read_labels_csv(folder / LABELS_FILE)
     classes = read_class_names(folder)
@@ -46,7 +47,7 @@ def load_labels_csv(folder: Path) -> Dataset:
             f"{folder / LABELS_FILE} line {line}: label {int(labels.max())} is out of range for "
             f"the {len(classes)} classes in {classes_path(folder)}; fix the label or that file"
         )
-    images = decode_images(files)
+    images = decode_images(files, size)
     logger.debug("read %d images listed in %s", len(files), folder / LABELS_FILE)
     return Dataset(images, labels, classes)
 

@@ -25,6 +25,7 @@ from qnnrepair.data.dataset import Dataset
 from qnnrepair.data.idx import find_idx_files, has_idx_files, load_idx
 from qnnrepair.data.image_folder import class_folders, load_image_folder
 from qnnrepair.data.labels_csv import has_labels_csv, load_labels_csv
+from qnnrepair.data.resizing import ImageSize
 from qnnrepair.errors import QnnRepairError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,11 @@ _MAX_PIXEL = 255
 FORMATS_HINT = "the formats are described in docs/DATA.md and `qnnrepair repair --help`"
 
 
-def load_dataset(path: str | Path, split: str = "train") -> Dataset:
-    """The `split` ("train" or "test") of the data set at `path`, in any supported format.
+def load_dataset(path: str | Path, split: str = "train", size: ImageSize | None = None
+                 ) -> Dataset:
+    """The `split` ("train" or "test") of the data set at `path`, in any supported format,
+    its images resized and cropped by `size` when given (image files as they are decoded,
+    arrays after loading).
 
     A single `.npz` with plain `x`/`y` holds one split and is returned whatever `split` says.
     """
@@ -46,9 +50,14 @@ def load_dataset(path: str | Path, split: str = "train") -> Dataset:
     path = Path(path)
     if not path.exists():
         raise QnnRepairError(f"data path {path} does not exist; check the path")
-    dataset = _load_file(path, split) if path.is_file() else _load_folder(path, split)
+    if path.is_file():
+        dataset, sized = _load_file(path, split), False
+    else:
+        dataset, sized = _load_folder(path, split, size)
     if len(dataset) == 0:
         raise QnnRepairError(f"data set {path} ({split}) is empty; give a data set with images")
+    if size and not sized:  # arrays (npz, idx, CIFAR batches): resized after loading
+        dataset = Dataset(size.apply_array(dataset.images), dataset.labels, dataset.classes)
     logger.info("loaded %r from %s (%s)", dataset, path, split)
     return dataset
 
@@ -63,24 +72,26 @@ def _load_file(path: Path, split: str) -> Dataset:
     )
 
 
-def _load_folder(path: Path, split: str) -> Dataset:
+def _load_folder(path: Path, split: str, size: ImageSize | None = None
+                 ) -> tuple[Dataset, bool]:
+    """The data set in folder `path`, and whether `size` was applied as images were decoded."""
     if has_idx_files(path):
         found = find_idx_files(path, split)
         if found is None:
             raise QnnRepairError(f"{path} has idx files but none for the {split} split")
-        return load_idx(*found)
+        return load_idx(*found), False
     if (path / _CIFAR_SUBFOLDER).is_dir():
         path = path / _CIFAR_SUBFOLDER
     if is_cifar_folder(path):
-        return load_cifar_batches(path, split)
+        return load_cifar_batches(path, split), False
     if has_labels_csv(path):  # before class folders: its images often sit in a subfolder
-        return load_labels_csv(path)
+        return load_labels_csv(path, size), True
     if (path / split).is_dir() and {p.name for p in class_folders(path)} <= set(SPLITS):
         path = path / split
     if has_labels_csv(path):
-        return load_labels_csv(path)
+        return load_labels_csv(path, size), True
     if class_folders(path):
-        return load_image_folder(path)
+        return load_image_folder(path, size), True
     raise QnnRepairError(
         f"unknown data format in folder {path}: no idx files, CIFAR-10 batches, labels.csv or "
         f"class subfolders; {FORMATS_HINT}"

@@ -1,6 +1,6 @@
 """What the quantizer checks about a user's model, before and after quantizing it.
 
-Before: the model returns one (batch, classes) tensor; every weight of a convolution or linear
+Before: the model returns one tensor, a row per image; every weight of a convolution or linear
 call lives in an nn.Conv2d / nn.Linear (kernels.weighted_calls_outside); each of those runs once
 per forward pass.
 
@@ -28,14 +28,21 @@ CHECK_IMAGES = 16
 
 
 def check_output(model: nn.Module, example: torch.Tensor) -> None:
-    """A classifier's forward returns one (batch, classes) tensor of logits."""
-    with torch.no_grad():
-        out = model(example)
+    """The forward returns one tensor with a row per image (a classifier's logits)."""
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except Exception as err:  # noqa: BLE001 (whatever the user's forward raises)
+        reason = (str(err).strip().splitlines() or [""])[0][:160]
+        raise QnnRepairError(
+            f"the model fails on images of shape {tuple(example.shape)} "
+            f"({type(err).__name__}: {reason}): check that the data fits the model (size, "
+            "channels; --resize / --crop for image folders)") from None
     if not isinstance(out, torch.Tensor):
         raise QnnRepairError(
             f"the model returns a {type(out).__name__}, not a tensor of logits (batch, classes): "
             "wrap it so that forward returns the logits alone")
-    if out.dim() != 2 or out.shape[0] != len(example):
+    if out.dim() == 0 or out.shape[0] != len(example):
         raise QnnRepairError(
             f"the model returns a tensor of shape {tuple(out.shape)} for {len(example)} images, "
             "not logits (batch, classes): wrap it so that forward returns them")
@@ -86,8 +93,8 @@ def self_check(user_model: nn.Module, quant_model: nn.Module, float_model: nn.Mo
     with torch.no_grad():
         expected = user_model.eval()(x)
         with reference_path(quant_model, float_model, layers):
-            got = quant_model(x)
-    if _close(expected, got):
+            got = _output(quant_model, x)
+    if got is not None and _close(expected, got):
         return
     name, diff = _first_difference(quant_model, float_model, layers, x)
     if name is not None:
@@ -95,9 +102,11 @@ def self_check(user_model: nn.Module, quant_model: nn.Module, float_model: nn.Mo
             f"self-check failed: layer {name!r} of the quantized model computes something else "
             f"than the float layer (relative difference {diff:.2g} in float); qnnrepair cannot "
             "quantize this layer faithfully: report the model's code")
+    difference = ("it fails" if got is None
+                  else f"relative difference {_relative(expected, got):.2g}")
     raise QnnRepairError(
         f"self-check failed: the quantized model, computing in float, differs from your model "
-        f"(relative difference {_relative(expected, got):.2g}, tolerance {RTOL}) although every "
+        f"({difference}, tolerance {RTOL}) although every "
         "quantized layer matches its float layer: BatchNorm folding or an operation outside "
         "Conv2d/Linear changed the result; report the model's code")
 
@@ -108,13 +117,21 @@ def _first_difference(quant_model, float_model, layers, x) -> tuple[str | None, 
             float_model(x)
         with capture({n: quant_model.get_submodule(n) for n in layers}) as got, \
                 reference_path(quant_model, float_model, layers):
-            quant_model(x)
+            _output(quant_model, x)  # a crash leaves the layers before it captured
     for name in layers:
         a, b = expected.get(name), got.get(name)
         if a is None or b is None or a.shape != b.shape or not _close(a, b):
             return name, (_relative(a, b) if a is not None and b is not None
                           and a.shape == b.shape else float("inf"))
     return None, 0.0
+
+
+def _output(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The model's output, or None when its forward raises (a wrong shape downstream)."""
+    try:
+        return model(x)
+    except Exception:  # noqa: BLE001 (the layer to blame is found by the caller)
+        return None
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:

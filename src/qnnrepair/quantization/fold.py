@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.overrides import TorchFunctionMode
 
 from qnnrepair.hooks import on_forward
 
@@ -43,14 +45,15 @@ def find_batchnorm_pairs(model: nn.Module, example_input: torch.Tensor) -> list[
 
 def fold_batchnorm(model: nn.Module, example_input: torch.Tensor
                    ) -> tuple[nn.Module, list[tuple[str, str]]]:
-    """A copy of `model` (eval mode), each foldable BatchNorm folded and replaced by Identity."""
+    """A copy of `model` (eval mode), each foldable BatchNorm folded and replaced by what is
+    left of it (see `folded_away`)."""
     folded = copy.deepcopy(model).eval()
     pairs = find_batchnorm_pairs(folded, example_input)
     for layer_name, bn_name in pairs:
         layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
         fuse = fuse_conv_bn_eval if isinstance(layer, nn.Conv2d) else fuse_linear_bn_eval
         set_module(folded, layer_name, fuse(layer, bn))
-        set_module(folded, bn_name, nn.Identity())
+        set_module(folded, bn_name, folded_away(bn))
     return folded, pairs
 
 
@@ -60,8 +63,40 @@ def apply_fold_structure(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.M
         layer = model.get_submodule(layer_name)
         if layer.bias is None:
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
-        set_module(model, bn_name, nn.Identity())
+        set_module(model, bn_name, folded_away(model.get_submodule(bn_name)))
     return model
+
+
+def folded_away(bn: nn.Module) -> nn.Module:
+    """What replaces a folded BatchNorm: Identity, or, for a subclass with a forward of its own
+    (timm's BatchNormAct2d applies its activation there), that forward with its normalization
+    made the identity."""
+    if type(bn).forward is _STOCK_FORWARD:
+        return nn.Identity()
+    return WithoutNormalization(bn)
+
+
+_STOCK_FORWARD = nn.BatchNorm2d.forward  # the same function for BatchNorm1d
+
+
+class WithoutNormalization(nn.Module):
+    """A BatchNorm subclass whose own forward still runs, its F.batch_norm returning its input
+    (the normalization lives in the preceding layer's folded weights)."""
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _SkipBatchNorm():
+            return self.bn(x)
+
+
+class _SkipBatchNorm(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.batch_norm:
+            return args[0] if args else kwargs["input"]
+        return func(*args, **(kwargs or {}))
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -119,7 +119,9 @@ class OwnForward(nn.Module):
 
     def __init__(self, own: nn.Module, kernel: nn.Module) -> None:
         super().__init__()
-        object.__setattr__(self, "own", own)
+        # Its parameters only feed the kernel call the redirect drops: no gradient, and an
+        # exporter may treat them as constants.
+        object.__setattr__(self, "own", own.requires_grad_(False))
         self.kernel = kernel
 
     def forward(self, *args, **kwargs):

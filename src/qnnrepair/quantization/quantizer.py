@@ -38,9 +38,9 @@ class QuantizedModel:
     """A quantized network beside the BN-folded float network it came from.
 
     Modules with a forward of their own are wrapped (`kernels`, see quantization.kernels), so a
-    layer name may end in `.kernel`. `model` and `float_model` share the fully qualified names of every quantized layer in
-    `layers` (forward order), so hooks on the same name see the float and quantized
-    pre-activations of the same neurons.
+    layer name may end in `.kernel`. `model` and `float_model` share the fully qualified names
+    of every quantized layer in `layers` (forward order), so hooks on the same name see the
+    float and quantized pre-activations of the same neurons.
     """
 
     model: nn.Module

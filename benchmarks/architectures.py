@@ -1,0 +1,98 @@
+"""The architecture table: every step of qnnrepair on models as timm and torchvision write them.
+
+    python benchmarks/architectures.py                 # all, resuming from the JSON
+    python benchmarks/architectures.py --only resnet18 --fresh
+
+Writes benchmarks/results/architectures.json (one row per architecture, kept between runs so an
+interrupted run resumes) and the table in docs/ARCHITECTURES.md. Needs the `models` extra.
+Models have random weights (qnnrepair.architectures.build_architecture); the images are
+Gaussian noise at 64x64, 32 of them (16 calibrate and repair, 16 validate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from qnnrepair.architectures import ARCHITECTURES, STEPS, build_architecture, check_architecture
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "architectures.json"
+DOC = ROOT / "docs" / "ARCHITECTURES.md"
+COMMAND = "python benchmarks/architectures.py"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(ARCHITECTURES))
+    parser.add_argument("--fresh", action="store_true", help="rerun rows already in the JSON")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=32)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name in args.only or ARCHITECTURES:
+        if name in rows and not args.fresh:
+            continue
+        start = time.perf_counter()
+        model = build_architecture(name, size=args.size)
+        images = torch.randn(args.images, 3, args.size, args.size,
+                             generator=torch.Generator().manual_seed(1))
+        row = check_architecture(model, images)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows[name] = row
+        print(name, row, flush=True)
+        RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    DOC.write_text(render(rows))
+
+
+def render(rows: dict) -> str:
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# Architectures",
+        "",
+        "Every step of qnnrepair on models as timm and torchvision write them: random weights "
+        "(nothing downloaded), BatchNorm statistics from three train-mode passes on random "
+        "images, classifier bias centred so that predictions spread over the 10 classes; "
+        "32 Gaussian-noise images of 64x64 (16 calibrate and repair, 16 validate), labels = "
+        "the float model's own top-1. Written by "
+        f"`{COMMAND}` (revision {revision}, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads).",
+        "",
+        "- **float**: the BN-folded float model against the model's own output (largest "
+        "difference relative to the largest logit). The quantizer's self-check already "
+        "requires 1e-3.",
+        "- **w8a8 / w4a8**: quantization (per-channel weights), number of quantized layers.",
+        "- **agreement**: W8A8 top-1 equal to float, in % of the 32 images.",
+        "- **gradient / ochiai**: `localize` with each metric at W4A8, the top neuron.",
+        "- **repair**: the default repair at W4A8 for at most 2 neurons; neurons kept by the "
+        "guard and validation accuracy (against the float labels) before and after.",
+        "- **onnx**: W8A8 exported as ONNX QDQ and run in ONNX Runtime; top-1 agreement "
+        "with the simulation.",
+        "",
+        "A `refused:` cell is qnnrepair's one-line message; a `crash:` cell would be a bug.",
+        "",
+        "| architecture | " + " | ".join(STEPS) + " | total s |",
+        "|---|" + "---|" * (len(STEPS) + 1),
+    ]
+    for name in ARCHITECTURES:
+        if name not in rows:
+            continue
+        library, arch = ARCHITECTURES[name]
+        row = rows[name]
+        cells = [str(row.get(step, "")).replace("|", "/") for step in STEPS]
+        lines.append(f"| {library} `{arch}` | " + " | ".join(cells) + f" | {row['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

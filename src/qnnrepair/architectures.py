@@ -1,0 +1,214 @@
+"""Does qnnrepair handle this architecture? Every step of the tool on one model, or its refusal.
+
+`check_architecture(model, images)` runs, on a float model and a few images: quantization at
+W8A8 and W4A8 (with the quantizer's self-check), the float reference against the model's own
+output, W8A8 top-1 agreement with float, `localize` with the gradient and with Ochiai, a short
+repair, and an ONNX QDQ export checked in ONNX Runtime. Each step gives a result or the one-line
+refusal qnnrepair prints; anything else (a traceback) is recorded as a crash, which is a bug.
+
+`ARCHITECTURES` names the models as timm and torchvision write them, built with random weights
+(nothing is downloaded), BatchNorm statistics made non-trivial by a few train-mode passes on
+random data, and the classifier's bias centred so that predictions spread over the classes.
+They need the `models` extra (timm, torchvision). `benchmarks/architectures.py` writes the
+table in docs/ARCHITECTURES.md from these.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qnnrepair.errors import QnnRepairError
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("float", "w8a8", "w4a8", "agreement", "gradient", "ochiai", "repair", "onnx")
+
+# name -> (library, name in it). timm's names are timm.create_model's; torchvision's are
+# torchvision.models functions.
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "resnet18": ("timm", "resnet18"),
+    "resnet50": ("timm", "resnet50"),
+    "mobilenetv2_100": ("timm", "mobilenetv2_100"),
+    "mobilenetv3_small_100": ("timm", "mobilenetv3_small_100"),
+    "efficientnet_b0": ("timm", "efficientnet_b0"),
+    "tf_efficientnet_lite0": ("timm", "tf_efficientnet_lite0"),
+    "regnetx_002": ("timm", "regnetx_002"),
+    "resnetv2_50x1_bit": ("timm", "resnetv2_50x1_bit"),
+    "densenet121": ("timm", "densenet121"),
+    "ghostnet_100": ("timm", "ghostnet_100"),
+    "mnasnet_100": ("timm", "mnasnet_100"),
+    "convnext_atto": ("timm", "convnext_atto"),
+    "tv_resnet18": ("torchvision", "resnet18"),
+    "tv_mobilenet_v2": ("torchvision", "mobilenet_v2"),
+    "tv_shufflenet_v2_x0_5": ("torchvision", "shufflenet_v2_x0_5"),
+}
+
+
+def build_architecture(name: str, num_classes: int = 10, size: int = 64,
+                       seed: int = 0) -> nn.Module:
+    """The named architecture with random weights, BatchNorm statistics from 3 train-mode
+    passes on random images of `size` pixels, in eval mode."""
+    if name not in ARCHITECTURES:
+        raise QnnRepairError(f"unknown architecture {name!r}: use one of "
+                             f"{', '.join(ARCHITECTURES)}")
+    library, arch = ARCHITECTURES[name]
+    torch.manual_seed(seed)
+    torchvision = import_torchvision()  # timm imports it too
+    if library == "timm":
+        import timm
+
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, size, size, generator=generator))
+    model.eval()
+    _spread_classes(model, torch.randn(32, 3, size, size, generator=generator))
+    return model
+
+
+def _spread_classes(model: nn.Module, images: torch.Tensor) -> None:
+    """A random-weight model often gives one class to every image. Subtracting the mean logit
+    from the classifier's bias spreads its predictions over the classes, so that its own top-1
+    labels make a task with several classes (the repair's validation refuses one class)."""
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    if not classifier or classifier[0].bias is None:
+        return
+    with torch.no_grad():
+        classifier[0].bias -= model(images).mean(0)
+
+
+def import_torchvision():
+    """torchvision, also where its C++ operators cannot load.
+
+    PyPI's torchvision wheels are built against PyPI's CUDA torch; beside a CPU build of torch
+    its operator library does not load, and `import torchvision` then fails while registering
+    fake kernels for those operators (nms, roi_align, ...). Declaring the operators' names
+    first lets the import finish: the model builders are pure Python and use none of them
+    (calling one raises, as it would have)."""
+    try:
+        import torchvision
+
+        return torchvision
+    except RuntimeError as err:
+        if "torchvision::" not in str(err):
+            raise
+    import re
+    import sys
+    from importlib.util import find_spec
+
+    for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[module]
+    source = Path(find_spec("torchvision").submodule_search_locations[0],
+                  "_meta_registrations.py").read_text()
+    names = set(re.findall(r'register_meta\("(\w+)"\)', source))
+    names |= set(re.findall(r'register_fake\("torchvision::(\w+)"\)', source))
+    library = torch.library.Library("torchvision", "FRAGMENT")
+    for op in sorted(names):
+        library.define(f"{op}(Tensor[] unavailable) -> Tensor")
+    import_torchvision._library = library  # the definitions live as long as this object
+    import torchvision
+
+    return torchvision
+
+
+def check_architecture(model: nn.Module, images: torch.Tensor, *, repair_neurons: int = 2,
+                       seed: int = 0) -> dict[str, str]:
+    """{step: result or "refused: <reason>" or "crash: <error>"} for each of STEPS.
+
+    `images` are normalized float NCHW images the model runs on; half calibrate and repair,
+    half validate. The labels are the float model's own top-1.
+    """
+    from qnnrepair.quantization import QuantConfig, quantize
+
+    row: dict[str, str] = {}
+    half = len(images) // 2
+    calib, held = images[:half], images[half:]
+    with torch.no_grad():
+        reference = model(images)
+    labels = reference.argmax(1)
+    quantized = {}
+    for setting in ("w8a8", "w4a8"):
+        quantized[setting] = _step(row, setting, lambda s=setting: quantize(
+            model, QuantConfig.from_setting(s), calib, model_spec="user:model", seed=seed),
+            lambda q: f"{len(q.layers)} layers")
+    w8 = quantized.get("w8a8")
+    if w8 is None:
+        for step in STEPS:
+            row.setdefault(step, "not run (quantization refused)")
+        return row
+    _step(row, "float", lambda: _relative(reference, w8.float_model(images)),
+          lambda d: f"max rel. diff {d:.1e}")
+    _step(row, "agreement", lambda: _agreement(w8.model, images, reference),
+          lambda a: f"{a:.1f} %")
+    w4 = quantized.get("w4a8") or w8
+    for metric in ("gradient", "ochiai"):
+        _step(row, metric, lambda m=metric: _localize(w4, calib, labels[:half], m),
+              lambda top: f"top {top}")
+    _step(row, "repair", lambda: _repair(w4, calib, labels[:half], held, labels[half:],
+                                         repair_neurons, seed), str)
+    _step(row, "onnx", lambda: _onnx(w8, held), lambda a: f"ORT agreement {a:.1f} %")
+    return row
+
+
+def _step(row: dict, step: str, run: Callable, show: Callable):
+    start = time.perf_counter()
+    try:
+        value = run()
+    except QnnRepairError as err:
+        row[step] = f"refused: {err}"
+        return None
+    except Exception as err:  # noqa: BLE001 (a crash is what this check exists to find)
+        logger.debug("%s crashed:\n%s", step, traceback.format_exc())
+        row[step] = f"crash: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        return None
+    row[step] = f"{show(value)} ({time.perf_counter() - start:.1f}s)"
+    return value
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def _agreement(model: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> float:
+    with torch.no_grad():
+        return 100.0 * float((model(images).argmax(1) == reference.argmax(1)).float().mean())
+
+
+def _localize(qmodel, images, labels, metric: str) -> str:
+    from qnnrepair.repair import RepairConfig
+    from qnnrepair.repair.engine import fit_localizer
+
+    localizer = fit_localizer(qmodel, images, labels, RepairConfig().replace(metric=metric))
+    return str(localizer.ranking_[0])
+
+
+def _repair(qmodel, images, labels, val_images, val_labels, neurons: int, seed: int) -> str:
+    from qnnrepair.repair import Repairer, preset
+
+    repairer = Repairer(preset("default", max_neurons=neurons, seed=seed))
+    repairer.fit(qmodel, images, labels, val_images, val_labels)
+    val = repairer.validation_accuracy_
+    return (f"{len(repairer.changes_)} kept, V {val['quantized']:.1f} -> "
+            f"{val['repaired']:.1f} %")
+
+
+def _onnx(qmodel, images: torch.Tensor) -> float:
+    from qnnrepair.export import check_onnx, export_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "model.onnx")
+        export_onnx(qmodel, path, images[:1])
+        return 100.0 * check_onnx(path, qmodel, images)["agreement"]
