@@ -69,10 +69,17 @@ def build_architecture(name: str, num_classes: int = 10, size: int = 64,
     else:
         model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:  # running statistics = the passes' average, not 27 % of the way there
+        m.reset_running_stats()
+        m.momentum = None
     model.train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(8, 3, size, size, generator=generator))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     model.eval()
     _spread_classes(model, torch.randn(32, 3, size, size, generator=generator))
     return model

@@ -110,7 +110,7 @@ def _zoo_info(model_spec: str, num_classes: int, mean: Sequence[float] | None,
 
 def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
             test_data: str | Path | None = None, *, n_repair: int = 1000,
-            n_validation: int = 1000, n_test: int | None = None, seed: int = 0,
+            n_validation: int | None = None, n_test: int | None = None, seed: int = 0,
             num_classes: int = 10, model: nn.Module | None = None,
             validation_data: str | Path | None = None, mean: Sequence[float] | None = None,
             std: Sequence[float] | None = None, size: ImageSize | None = None) -> Workload:
@@ -145,7 +145,8 @@ def prepare(model_spec: str, weights: str | Path | None, data: str | Path,
 
 
 def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Path | None = None,
-                     *, n_repair: int = 1000, n_validation: int = 1000, n_test: int | None = None,
+                     *, n_repair: int = 1000, n_validation: int | None = None,
+                     n_test: int | None = None,
                      seed: int = 0, validation_data: str | Path | None = None,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                      label_offset: int | None = None, size: ImageSize | None = None

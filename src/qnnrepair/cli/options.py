@@ -37,8 +37,9 @@ def add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop", type=int, metavar="M", help="then keep the centre M x M square "
                    "(with --resize 256 --crop 224: the ImageNet evaluation convention)")
     g.add_argument("--n-repair", type=int, default=1000, help="repair-set size (default 1000)")
-    g.add_argument("--n-validation", type=int, default=1000,
-                   help="validation-set size (default 1000)")
+    g.add_argument("--n-validation", type=int, default=None,
+                   help="validation-set size (default 1000, or half the held-out data when "
+                   "--test-data has fewer than 2,000 images; test is the rest)")
     g.add_argument("--n-test", type=int, default=None, help="test-set size (default: all)")
     g.add_argument("--num-classes", type=int, default=10)
     g.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and ties")

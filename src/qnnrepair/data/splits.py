@@ -61,6 +61,25 @@ class Splits:
                 f"{len(self.validation)} from {where}, test {len(self.test)}")
 
 
+DEFAULT_VALIDATION = 1000
+
+
+def default_validation(n_validation: int | None, test: Dataset | None,
+                       validation: Dataset | None, n_test: int | None) -> int:
+    """The validation size to draw: as given, else the default that fits the held-out data."""
+    if n_validation is not None:
+        return n_validation
+    if test is None or validation is not None:
+        return DEFAULT_VALIDATION
+    available = len(test) - (n_test or 0)
+    if n_test is None and len(test) < 2 * DEFAULT_VALIDATION:
+        chosen = len(test) // 2
+        logger.info("held-out data has %d images: validation %d, test %d", len(test), chosen,
+                    len(test) - chosen)
+        return chosen
+    return min(DEFAULT_VALIDATION, max(available, 0))
+
+
 def spread(n_images: int, n_chosen: int) -> np.ndarray:
     """Indices of `n_chosen` of `n_images` images spread evenly over them (ascending): a
     subset for work that needs fewer images than a split holds."""
@@ -79,12 +98,16 @@ def make_splits(
 ) -> Splits:
     """Draw R from `pool` with a permutation seeded by `seed` (PCG64), and V and T.
 
+    `n_validation` None is the default: DEFAULT_VALIDATION images, or half the held-out data
+    when V and T both come from `test` and it has fewer than twice that many (T is the rest).
+
     With `validation` given, V is `n_validation` images of it (seeded draw); with `test`
     given, V is drawn from `test` and T is the rest of it (its first `n_test` images when
     `n_test` is set); with neither, V is drawn from the pool after R (a warning says so), and T
     is `n_test` further pool images (all the rest when `n_test` is None). V is refused if it
     shares an image with R or T.
     """
+    n_validation = default_validation(n_validation, test, validation, n_test)
     _check_counts(n_repair, n_validation, n_test)
     if validation is not None or test is not None:
         splits = _held_out_splits(pool, test, validation, n_repair, n_validation, n_test, seed)
