@@ -97,6 +97,9 @@ def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100,
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and fixed > 0:  # a file exported for a fixed batch (often 1)
+        batch_size = fixed
     parts = [session.run(None, {name: images[i:i + batch_size].numpy()})[0].argmax(axis=1)
              for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.empty(0, np.int64)

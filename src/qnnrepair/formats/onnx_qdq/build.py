@@ -157,7 +157,10 @@ class GraphBuilder:
         if op == "Flatten":
             return ops.Flatten(int(a.get("axis", 1)))
         if op == "Reshape":
-            return ops.Reshape(self.const(node, 1, "shape"), bool(a.get("allowzero", 0)))
+            shape = self.const(node, 1, "shape")
+            return ops.Reshape(shape, bool(a.get("allowzero", 0)),
+                               batch=self.source.input_batch == 1 and shape.size > 0
+                               and int(shape.reshape(-1)[0]) == 1)
         if op == "Concat":
             return ops.Concat(int(a["axis"]))
         if op == "Pad":

@@ -183,15 +183,22 @@ class Flatten(nn.Module):
 
 
 class Reshape(nn.Module):
-    """Reshape to a constant shape (0 copies the input's dimension unless allowzero)."""
+    """Reshape to a constant shape (0 copies the input's dimension unless allowzero).
 
-    def __init__(self, shape: np.ndarray, allowzero: bool = False) -> None:
+    `batch`: the shape's first entry is the batch of a file exported for one image (its
+    input's batch fixed at 1, the shape written as [1, ...]); the simulation runs many images
+    at once, so that entry follows the input's batch instead."""
+
+    def __init__(self, shape: np.ndarray, allowzero: bool = False, batch: bool = False) -> None:
         super().__init__()
         self.shape, self.allowzero = [int(d) for d in np.asarray(shape).reshape(-1)], allowzero
+        self.batch = batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = [x.shape[i] if d == 0 and not self.allowzero else d
                  for i, d in enumerate(self.shape)]
+        if self.batch:
+            shape[0] = x.shape[0]
         return x.reshape(shape)
 
 

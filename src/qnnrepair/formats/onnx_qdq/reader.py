@@ -67,6 +67,7 @@ class OnnxFile:
     outputs: list[str]
     output_shapes: list[tuple]
     opset: int
+    input_batch: int | None = None  # the first input's batch dimension, if the file fixes it
 
     def is_quantized(self) -> bool:
         return any(n.op_type in QDQ_OPS for n in self.nodes)
@@ -98,6 +99,8 @@ def read_onnx(path: str | Path) -> OnnxFile:
     from onnx import numpy_helper
 
     proto = load_proto(path)
+    batch = _fix_batch(proto)
+    shapes = _static_shapes(proto, onnx)
     graph = proto.graph
     try:
         constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -106,7 +109,8 @@ def read_onnx(path: str | Path) -> OnnxFile:
                              "re-export it") from None
     initializers = set(constants)
     inputs = [i.name for i in graph.input if i.name not in initializers]
-    nodes = [_node(i, n, onnx) for i, n in enumerate(graph.node)]
+    nodes = _without_identities([_node(i, n, onnx) for i, n in enumerate(graph.node)],
+                                {o.name for o in graph.output})
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                 default=0)
     ordered = _topological(nodes, set(inputs) | set(constants), str(path))
@@ -114,6 +118,10 @@ def read_onnx(path: str | Path) -> OnnxFile:
     for node, proto_node in ordered:
         if node.op_type == "Constant":
             constants[node.outputs[0]] = _constant_value(proto_node, node, path)
+        elif node.op_type == "Shape" and shapes.get(node.inputs[0]) is not None:
+            shape = shapes[node.inputs[0]]  # known once the batch is fixed at 1
+            start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
+            constants[node.outputs[0]] = np.asarray(shape[start:end], np.int64)
         elif node.op_type != "DequantizeLinear" and all(not i or i in constants
                                                         for i in node.inputs):
             # a QuantizeLinear of a constant too (ORT quantizes a Mul's constant operand); a
@@ -121,10 +129,10 @@ def read_onnx(path: str | Path) -> OnnxFile:
             _fold(proto_node, node, constants, path)
         else:
             kept.append(node)
-    shapes = [tuple(d.dim_value if d.HasField("dim_value") else None
-                    for d in o.type.tensor_type.shape.dim) for o in graph.output]
+    output_shapes = [tuple(d.dim_value if d.HasField("dim_value") else None
+                           for d in o.type.tensor_type.shape.dim) for o in graph.output]
     return OnnxFile(str(path), kept, constants, initializers, inputs,
-                    [o.name for o in graph.output], shapes, opset)
+                    [o.name for o in graph.output], output_shapes, opset, batch)
 
 
 def _node(index: int, proto_node, onnx) -> tuple[Node, object]:
@@ -140,6 +148,59 @@ def _node(index: int, proto_node, onnx) -> tuple[Node, object]:
         raise QnnRepairError(f"{node.label} is in domain {node.domain!r}: only standard ONNX "
                              "operators (and ONNX Runtime's Q/DQ) are supported")
     return node, proto_node
+
+
+def _fix_batch(proto) -> int | None:
+    """Fix a dynamic batch dimension of the first input at 1, so that shape arithmetic on it
+    (Shape -> Gather -> Concat -> Reshape, as exporters write `x.view(x.size(0), -1)`) folds
+    to constants; the simulation then reads a leading 1 of a Reshape as the batch
+    (ops.Reshape). Returns the batch the file now has (None: no input shape)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    first = next((i for i in proto.graph.input if i.name not in initializers), None)
+    dims = first.type.tensor_type.shape.dim if first is not None else []
+    if not len(dims):
+        return None
+    if not dims[0].HasField("dim_value") or dims[0].dim_value <= 0:
+        dims[0].Clear()
+        dims[0].dim_value = 1
+    return dims[0].dim_value
+
+
+def _static_shapes(proto, onnx) -> dict[str, tuple | None]:
+    """Every value's shape where ONNX shape inference knows all of it."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # noqa: BLE001 (inference is a help here, not a requirement)
+        return {}
+    shapes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        known = value.type.tensor_type.HasField("shape") and all(
+            d.HasField("dim_value") for d in dims)
+        shapes[value.name] = tuple(d.dim_value for d in dims) if known else None
+    return shapes
+
+
+def _without_identities(nodes, graph_outputs: set[str]):
+    """Identity nodes removed, their readers reading the Identity's input: exporters feed
+    shared constants through them (torch stores equal biases once, so a second layer's bias
+    reaches its Conv through an Identity of the first's DequantizeLinear)."""
+    alias = {}
+    kept = []
+    for node, proto_node in nodes:
+        if node.op_type == "Identity" and node.outputs[0] not in graph_outputs:
+            alias[node.outputs[0]] = node.inputs[0]
+        else:
+            kept.append((node, proto_node))
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    for node, _ in kept:
+        node.inputs = [resolve(i) for i in node.inputs]
+    return kept
 
 
 def _topological(nodes, available: set[str], path: str):
@@ -166,7 +227,8 @@ def _constant_value(proto_node, node: Node, path) -> np.ndarray:
 
 
 def _fold(proto_node, node: Node, constants: dict, path) -> None:
-    feeds = {i: constants[i] for i in node.inputs if i}
+    # by the proto's own input names (node.inputs may read through removed Identities)
+    feeds = {name: constants[i] for name, i in zip(proto_node.input, node.inputs) if name}
     for name, value in zip(node.outputs, _evaluate(proto_node, node, feeds, path)):
         constants[name] = value
 
