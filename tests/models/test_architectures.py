@@ -5,12 +5,15 @@ BatchNormAct2d (timm's tf_efficientnet_lite0) and weight standardization (timm's
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import pytest
 import torch
 
-pytest.importorskip("timm")
-
 from qnnrepair.architectures import ARCHITECTURES, STEPS, build_architecture, check_architecture
+
+if find_spec("timm") is None or find_spec("torchvision") is None:
+    pytest.skip("needs the models extra (timm, torchvision)", allow_module_level=True)
 
 FAST = ("tv_mobilenet_v2", "tf_efficientnet_lite0", "resnetv2_50x1_bit")
 

@@ -259,10 +259,17 @@ def weighted_calls_outside(model: nn.Module, example: torch.Tensor) -> None:
     owners = {id(p): (n.rpartition(".")[0], m) for n, p in model.named_parameters()
               for m in [model.get_submodule(n.rpartition(".")[0])]}
     running: list[nn.Module] = []
+
+    def enter(module, _args) -> None:
+        running.append(module)
+
+    def leave(_module, _args, _output) -> None:  # None: the output stays as it is
+        running.pop()
+
     handles = []
     for module in model.modules():
-        handles.append(module.register_forward_pre_hook(lambda m, a: running.append(m)))
-        handles.append(module.register_forward_hook(lambda m, a, o: running.pop() and None))
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
     checker = _CheckWeights(owners, running)
     try:
         with checker, torch.no_grad():
