@@ -80,7 +80,7 @@ def test_bad_rows_are_one_line_errors_naming_file_and_line(tmp_path, rows, heade
 def test_images_of_different_sizes_are_one_line_error(tmp_path: Path) -> None:
     write_folder(tmp_path / "d", ROWS, sizes={1: (5, 4)})
     with pytest.raises(QnnRepairError, match=r"images differ in size: .*0002.png is 6x4, "
-.*0001.png is 5x4; pass --resize N --crop M") as info:
+                       r".*0001.png is 5x4; pass --resize N --crop M") as info:
         load_dataset(tmp_path / "d")
     assert "\n" not in str(info.value)
 
