@@ -85,24 +85,31 @@ class Repairer:
         check_validation_labels(validation_labels)
         self.timings_: dict[str, float] = {}
         work = fast_layout(qmodel)
-        self._rank(work, repair_images, repair_labels, ranking, show_progress)
+        rule = cfg.acceptance
+        guard = Guard(work.float_model, validation_images, validation_labels, rule.criterion,
+                      rule.min_gain, rule.min_z)
+        quantized = guard.score(work.model)  # the unchanged model, scored once
+        if quantized.accuracy >= guard.float_accuracy and ranking is None:
+            # Nothing to repair: V is already at the float model's accuracy. Decided before
+            # ranking, which costs more than anything else on a large model.
+            self.localizer_ = self.scores_ = None
+            self.ranking_ = []
+        else:
+            self._rank(work, repair_images, repair_labels, ranking, show_progress)
         self.timings_["localize"] = time.perf_counter() - start
         targets = Targets.of(work, repair_images, repair_labels, cfg.localization.oracle)
         with self._backend() as backend:
-            self._loop(work, repair_images, targets, validation_images, validation_labels,
-                       backend, show_progress)
+            self._loop(work, repair_images, targets, guard, quantized, backend, show_progress)
         self.repaired_ = as_given(self.repaired_, qmodel)
         self.timings_["total"] = time.perf_counter() - start
         return self
 
-    def _loop(self, qmodel, repair_images, targets, validation_images, validation_labels,
-              backend, show_progress) -> None:
+    def _loop(self, qmodel, repair_images, targets, guard, quantized, backend,
+              show_progress) -> None:
         """The acceptance loop: candidates from the top of the ranking, judged on V."""
         cfg = self.config
         rule = cfg.acceptance
-        guard = Guard(qmodel.float_model, validation_images, validation_labels, rule.criterion,
-                      rule.min_gain, rule.min_z)
-        quantized = best = guard.score(qmodel.model)
+        best = quantized
         float_val = guard.float_accuracy
         best_model = qmodel.copy()
         self.steps_: list[Step] = []
