@@ -37,12 +37,12 @@ def results(setup):
 
 def test_registry_has_every_method():
     assert set(BASELINES) == {"rtn", "bias_correction", "squant", "adaround", "qdrop",
-                              "least_squares_last_layer"}
+                              "least_squares_last_layer", "gptq", "dfq"}
 
 
 def test_unknown_baseline_is_a_one_line_error():
-    with pytest.raises(QnnRepairError, match="unknown baseline 'gptq'") as info:
-        get_baseline("gptq")
+    with pytest.raises(QnnRepairError, match="unknown baseline 'brecq'") as info:
+        get_baseline("brecq")
     message = str(info.value)
     assert "\n" not in message
     for name in BASELINES:

@@ -7,6 +7,7 @@ Every baseline is registered by name (`get_baseline("adaround")`) and has one si
 
     rtn                       round to nearest, as quantized (identity)
     bias_correction           empirical bias correction (Nagel et al. 2019)
+    dfq                       cross-layer equalization + bias correction (Nagel et al. 2019)
     gptq                      second-order rounding with error feedback, layer by layer
                               (Frantar et al. ICLR 2023)
     squant                    data-free rounding, E/K/C flips (Guo et al. ICLR 2022)
@@ -18,6 +19,7 @@ Every baseline is registered by name (`get_baseline("adaround")`) and has one si
 
 from qnnrepair.baselines.adaround import adaround
 from qnnrepair.baselines.bias_correction import bias_correction
+from qnnrepair.baselines.dfq import dfq
 from qnnrepair.baselines.gptq import gptq
 from qnnrepair.baselines.least_squares import fit_last_layer, least_squares_last_layer
 from qnnrepair.baselines.qdrop import find_blocks, qdrop
@@ -31,7 +33,7 @@ from qnnrepair.baselines.rtn import rtn
 from qnnrepair.baselines.squant import squant, squant_round
 
 __all__ = [
-    "BASELINES", "adaround", "baseline_parameters", "bias_correction", "find_blocks",
-    "fit_last_layer", "get_baseline", "gptq", "least_squares_last_layer", "qdrop", "register_baseline",
-    "rtn", "squant", "squant_round",
+    "BASELINES", "adaround", "baseline_parameters", "bias_correction", "dfq", "find_blocks",
+    "fit_last_layer", "get_baseline", "gptq", "least_squares_last_layer", "qdrop",
+    "register_baseline", "rtn", "squant", "squant_round",
 ]
