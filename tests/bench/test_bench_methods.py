@@ -38,7 +38,7 @@ def test_a_registered_method_is_selectable_and_stackable(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    ({"methods": ("rtn", "gptq")}, "unknown bench method 'gptq'; known methods: adaround"),
+    ({"methods": ("rtn", "brecq")}, "unknown bench method 'brecq'; known methods: adaround"),
     ({"on_top": ("qnnrepair",)}, "cannot be stacked on"),
     ({"methods": ("rtn", "adaround"), "on_top": ("qdrop",)}, "'qdrop', which is not among"),
 ])

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from qnnrepair.bench.methods import get_method
 from qnnrepair.errors import QnnRepairError
 
-BASELINE_METHODS = ("rtn", "rtn_mse", "bias_correction", "squant", "adaround", "qdrop",
-                    "least_squares_last_layer")
+BASELINE_METHODS = ("rtn", "rtn_mse", "bias_correction", "dfq", "gptq", "squant", "adaround",
+                    "qdrop", "least_squares_last_layer")
 REPAIR_METHODS = ("paper", "qnnrepair")
 
 

@@ -100,6 +100,8 @@ for _name, _label, _from_config in (
         ("rtn", "round to nearest, as quantized", {}),
         ("bias_correction", "empirical bias correction (Nagel et al. 2019)", {}),
         ("squant", "SQuant data-free rounding (Guo et al. 2022)", {}),
+        ("gptq", "GPTQ second-order rounding (Frantar et al. 2023)", {}),
+        ("dfq", "DFQ cross-layer equalization + bias correction (Nagel et al. 2019)", {}),
         ("adaround", "AdaRound learned rounding (Nagel et al. 2020)",
          {"iters": "adaround_iters"}),
         ("qdrop", "QDrop block reconstruction with dropped activation quantization "
