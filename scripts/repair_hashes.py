@@ -1,19 +1,16 @@
-"""Hashes of the integers of repaired models, to show that a refactoring changed no result.
+"""Hashes of the integers of repaired models, to show that a change of the code changed no result.
 
     python scripts/repair_hashes.py --output before.json          # on the old code
     python scripts/repair_hashes.py --compare before.json         # on the new code
 
 Runs the repair of `make demo` (embedded ResNet-20 and CIFAR-10 subset, W3A8) and, when
-../shared is present, ResNet-20 at W3A8 and W4A4 (1,000 repair and 1,000 validation images of
-train30k), each with the default preset, and hashes every repaired layer's integer weights and
-biases. Same machine, same hashes: LPs are deterministic, but another CPU may round float sums
-differently.
-
-`--settings` picks what "the default preset" means: "current" (today's default and splits:
-validation drawn from the held-out file, the KL guard), or "issue-12", the default before
-issue 13 changed it (validation drawn from the training pool after R, the accuracy guard), to
-show that the restructure of issue 12 changed no result. Only R and V decide the repaired
-integers; T is not hashed.
+../shared is present, ResNet-20 at W3A8 and W4A4 (1,000 repair images of train30k, 1,000
+validation images of the test set) and the two shared MobileNetV2 .tflite files (64 repair
+images of sample1000, 64 validation and 64 test images of nips17), each with the default
+preset, and hashes every repaired layer's integer weights and biases (not the file's bytes:
+a file format may change while the model does not). Same machine, same hashes: LPs are
+deterministic, but another CPU may round float sums differently. Only R and V decide the
+repaired integers; T is not hashed.
 """
 
 from __future__ import annotations
@@ -28,9 +25,7 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-# The default preset as it was before issue 13 changed it, spelled out.
-ISSUE_12_DEFAULT = {"metric": "ochiai", "criterion": "accuracy", "min_gain": 0.0,
-                    "schedule": "geometric", "max_columns": None}
+DEPLOYED = ("mobilenet_v2_1.0_224_quant.tflite", "tf2_mobilenet_v2_1.0_224_ptq.tflite")
 
 
 def model_hash(qmodel) -> str:
@@ -43,25 +38,31 @@ def model_hash(qmodel) -> str:
     return digest.hexdigest()
 
 
-def cases(training_validation: bool):
-    """(name, workload maker, setting). With `training_validation`, V is drawn from the
-    training pool after R, as before issue 13 (and T is left empty)."""
-    from qnnrepair.pipeline import embedded_default, prepare
+def cases():
+    """(name, workload maker, setting; None: the deployed file as it is)."""
+    from qnnrepair.formats.deployed import load_deployed
+    from qnnrepair.pipeline import embedded_default, prepare, prepare_deployed
 
     weights, demo_data = embedded_default()
-    test = None if training_validation else demo_data
-    n_test = 0 if training_validation else None
-    yield "demo-w3a8", lambda: prepare("resnet20", weights, demo_data, test, n_repair=1000,
-                                       n_validation=1000, n_test=n_test), "w3a8"
+    yield "demo-w3a8", lambda: (prepare("resnet20", weights, demo_data, demo_data,
+                                        n_repair=1000, n_validation=1000), None), "w3a8"
     weights = SHARED / "models" / "cifar10-resnet20.th"
     if weights.exists():
-        test = None if training_validation else SHARED / "data/cifar10/test.npz"
-
         def shared_workload():
-            return prepare("resnet20", weights, SHARED / "data/cifar10/train30k.npz", test,
-                           n_repair=1000, n_validation=1000, n_test=n_test)
+            return prepare("resnet20", weights, SHARED / "data/cifar10/train30k.npz",
+                           SHARED / "data/cifar10/test.npz", n_repair=1000,
+                           n_validation=1000), None
         yield "resnet20-w3a8", shared_workload, "w3a8"
         yield "resnet20-w4a4", shared_workload, "w4a4"
+    for name in DEPLOYED:
+        path = SHARED / "models" / "imagenet" / name
+        if path.exists():
+            def deployed(path=path):
+                model = load_deployed(path)
+                return prepare_deployed(model, SHARED / "data/imagenet/sample1000",
+                                        SHARED / "data/imagenet/nips17", n_repair=64,
+                                        n_validation=64, n_test=64), model
+            yield name, deployed, None
 
 
 def main() -> int:
@@ -72,14 +73,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the hashes here (JSON)")
     parser.add_argument("--compare", type=Path, help="compare with hashes written before")
-    parser.add_argument("--settings", choices=("current", "issue-12"), default="current")
     args = parser.parse_args()
-    before_issue_13 = args.settings == "issue-12"
-    config = preset("default", **ISSUE_12_DEFAULT) if before_issue_13 else preset("default")
     hashes = {}
-    for name, make, setting in cases(before_issue_13):
+    for name, make, setting in cases():
         start = time.perf_counter()
-        result = run_repair(make(), QuantConfig.from_setting(setting), config)
+        workload, deployed = make()
+        quant_config = None if deployed is not None else QuantConfig.from_setting(setting)
+        result = run_repair(workload, quant_config, preset("default"), quantized=deployed)
         hashes[name] = {"sha256": model_hash(result.repaired),
                         "validation": result.report.accuracy["validation"]["repaired"],
                         "test": result.report.accuracy["test"]["repaired"]}
