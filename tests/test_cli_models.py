@@ -121,3 +121,23 @@ def test_raw_photos_of_different_sizes(task, capsys):
     code, out, err = run(capsys, *argv, "--resize", "10", "--crop", "8")
     assert code == 0, err
     assert "repair" in out and "test" in out
+
+
+def test_localize_prints_and_writes_the_per_layer_table(task, capsys):
+    import json
+
+    code, out, err = run(capsys, "localize", "--model", "user_models.py:inplace", "--data",
+                         "data.npz", *SIZES, "--setting", "w3a4", "--layer-images", "30",
+                         "--output", "rank.json")
+    assert code == 0, err
+    assert "per layer, on 30 validation images" in out
+    layers = json.loads((task / "rank.json").read_text())["layers"]
+    assert layers["n_images"] == 30 and len(layers["layers"]) == 3
+    assert {row["layer"] for row in layers["layers"]} == {"0", "3", "8"}
+    code, out, err = run(capsys, "repair", "--model", "user_models.py:inplace", "--data",
+                         "data.npz", *SIZES, "--setting", "w3a4", "--layer-images", "30",
+                         "--output", "r.qnn")
+    assert code == 0, err
+    assert "per layer, on 30 validation images" in out
+    report = json.loads((task / "r.report.json").read_text())
+    assert report["layer_costs"]["n_images"] == 30

@@ -82,6 +82,7 @@ class RepairReport:
     blame: dict[str, list[float]] = field(default_factory=dict)  # every ranked neuron's score
     validation_divergence: dict[str, float] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)  # index = label; empty: unnamed data
+    layer_costs: dict | None = None  # localization.layer_costs.LayerCosts.to_dict(), if asked
 
     def to_dict(self) -> dict[str, Any]:
         return {"format_version": REPORT_VERSION,
@@ -145,4 +146,8 @@ class RepairReport:
             lines.append(f"LPs solved: {self.n_lps}, solve time median "
                          f"{times[len(times) // 2] * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
         lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.layer_costs:
+            from qnnrepair.localization.layer_costs import LayerCosts
+
+            lines += ["", LayerCosts.from_dict(self.layer_costs).to_text(top=15)]
         return "\n".join(lines)

@@ -79,11 +79,34 @@ def cmd_localize(args) -> int:
                for n in localizer.ranking_]
     for row in ranking[:args.top]:
         print(f"  {row['neuron']:<24} {row['score']:.4f}")
+    n_images = 100 if args.layer_images is None else args.layer_images
+    table = _layer_table(workload, qmodel, localizer, config, n_images, args.progress)
+    if table is not None:
+        print("\n" + table.to_text())
     if args.output is not None:
-        write_text(args.output, json.dumps({"metric": metric, "ranking": ranking},
-                                           indent=1))
+        payload = {"metric": metric, "ranking": ranking,
+                   "layers": None if table is None else table.to_dict()}
+        write_text(args.output, json.dumps(payload, indent=1))
         print(f"wrote {args.output}")
     return 0
+
+
+def _layer_table(workload, qmodel, localizer, config, n_images: int, show_progress: bool):
+    """The per-layer table on `n_images` validation images spread over V (None for 0), with
+    the blame shares of the gradient blame (fitted here when the ranking used another)."""
+    from qnnrepair.data.splits import spread
+    from qnnrepair.localization.layer_costs import layer_costs
+    from qnnrepair.repair.engine import fit_localizer
+
+    if n_images <= 0:
+        return None
+    images, labels = workload.images("validation"), workload.labels("validation")
+    chosen = spread(len(images), n_images)
+    if localizer is None or config.localization.metric not in ("gradient", "counterfactual"):
+        localizer = fit_localizer(qmodel, workload.images("repair"), workload.labels("repair"),
+                                  config.replace(metric="gradient"))
+    return layer_costs(qmodel, images[chosen], labels[chosen], localizer.scores_,
+                       show_progress=show_progress)
 
 
 def cmd_repair(args) -> int:
@@ -102,8 +125,12 @@ def cmd_repair(args) -> int:
         output_format_matches(args.quantized, args.output)
     workload, quantized = workload_of(args)
     qmodel = quantized_of(args, workload, quantized)
-    result = run_repair(workload, None, repair_config(args), quantized=qmodel,
-                        show_progress=args.progress)
+    config = repair_config(args)
+    result = run_repair(workload, None, config, quantized=qmodel, show_progress=args.progress)
+    if args.layer_images:
+        table = _layer_table(workload, result.quantized, result.repairer.localizer_, config,
+                             args.layer_images, args.progress)
+        result.report.layer_costs = table.to_dict()
     text = result.report.to_text()
     page = None
     if args.report_html is not None:

@@ -87,6 +87,10 @@ def add_repair(p: argparse.ArgumentParser) -> None:
     from qnnrepair.outcomes import ORACLES
     from qnnrepair.repair.config import LAYER_CHOICES
 
+    g.add_argument("--layer-images", type=int, metavar="N", default=None,
+                   help="per-layer table (each layer alone in float, alone quantized) on N "
+                   "validation images: localize's default 100, 0 for none; repair adds it "
+                   "to its report when given")
     g.add_argument("--oracle", choices=ORACLES)
     g.add_argument("--layers", choices=LAYER_CHOICES)
     g.add_argument("--max-neurons", type=int)
