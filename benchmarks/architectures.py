@@ -2,9 +2,14 @@
 
     python benchmarks/architectures.py                 # all, resuming from the JSON
     python benchmarks/architectures.py --only resnet18 --fresh
+    python benchmarks/architectures.py --onnx          # the ONNX files table instead
 
 Writes benchmarks/results/architectures.json (one row per architecture, kept between runs so an
-interrupted run resumes) and the table in docs/ARCHITECTURES.md. Needs the `models` extra.
+interrupted run resumes) and the tables in docs/ARCHITECTURES.md: qnnrepair's own quantizer on
+each model, and (--onnx) the ONNX files a user makes of it (torch.onnx export, TorchScript and
+dynamo exporters, then ONNX Runtime's quantize_static per tensor and per channel) loaded,
+checked against ONNX Runtime and repaired. Needs the `models` extra (and onnxscript for the
+dynamo exporter).
 Models have random weights (qnnrepair.architectures.build_architecture); the images are
 Gaussian noise at 64x64, 32 of them (16 calibrate and repair, 16 validate).
 """
@@ -21,7 +26,15 @@ from pathlib import Path
 
 import torch
 
-from qnnrepair.architectures import ARCHITECTURES, STEPS, build_architecture, check_architecture
+from qnnrepair.architectures import (
+    ARCHITECTURES,
+    EXPORTERS,
+    QDQ_STEPS,
+    STEPS,
+    build_architecture,
+    check_architecture,
+    check_onnx_files,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "architectures.json"
@@ -35,26 +48,33 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rerun rows already in the JSON")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--onnx", action="store_true", help="the ONNX files table")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
     torch.manual_seed(0)
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    for name in args.only or ARCHITECTURES:
-        if name in rows and not args.fresh:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("quantizer", {})
+    results.setdefault("onnx", {})
+    jobs = [(name, exporter) for name in args.only or ARCHITECTURES
+            for exporter in (EXPORTERS if args.onnx else (None,))]
+    for name, exporter in jobs:
+        table, key = ("onnx", f"{name}/{exporter}") if args.onnx else ("quantizer", name)
+        if key in results[table] and not args.fresh:
             continue
         start = time.perf_counter()
         model = build_architecture(name, size=args.size)
         images = torch.randn(args.images, 3, args.size, args.size,
                              generator=torch.Generator().manual_seed(1))
-        row = check_architecture(model, images)
+        row = (check_onnx_files(model, images, exporter) if args.onnx
+               else check_architecture(model, images))
         row["seconds"] = round(time.perf_counter() - start, 1)
-        rows[name] = row
-        print(name, row, flush=True)
-        RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
-    DOC.write_text(render(rows))
+        results[table][key] = row
+        print(key, row, flush=True)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    DOC.write_text(render(results))
 
 
-def render(rows: dict) -> str:
+def render(results: dict) -> str:
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                               capture_output=True, text=True).stdout.strip()
     lines = [
@@ -84,6 +104,7 @@ def render(rows: dict) -> str:
         "| architecture | " + " | ".join(STEPS) + " | total s |",
         "|---|" + "---|" * (len(STEPS) + 1),
     ]
+    rows = results["quantizer"]
     for name in ARCHITECTURES:
         if name not in rows:
             continue
@@ -91,6 +112,29 @@ def render(rows: dict) -> str:
         row = rows[name]
         cells = [str(row.get(step, "")).replace("|", "/") for step in STEPS]
         lines.append(f"| {library} `{arch}` | " + " | ".join(cells) + f" | {row['seconds']} |")
+    lines += [
+        "",
+        "## ONNX files as users make them",
+        "",
+        "The same models (same weights and images) exported by `torch.onnx.export` (opset 17, "
+        "dynamic batch; the TorchScript exporter and the dynamo one), quantized by ONNX "
+        "Runtime's `quantize_static` (QDQ, MinMax, uint8 activations, int8 weights, calibrated "
+        "on 16 images) per tensor and per channel, then `--quantized model.qdq.onnx "
+        "--float-model model.onnx` as `repair` loads them: the number of quantized layers, the "
+        "share of the 32 images on which ONNX Runtime (default optimizations) and qnnrepair's "
+        "simulation give the same top-1, before and after a repair of at most 2 neurons (the "
+        "repaired file as written), and how many neurons the guard kept. Written by "
+        f"`{COMMAND} --onnx`.",
+        "",
+        "| architecture | exporter | " + " | ".join(QDQ_STEPS) + " | total s |",
+        "|---|---|" + "---|" * (len(QDQ_STEPS) + 1),
+    ]
+    for key, row in results["onnx"].items():
+        name, exporter = key.split("/")
+        library, arch = ARCHITECTURES[name]
+        cells = [str(row.get(step, "")).replace("|", "/") for step in QDQ_STEPS]
+        lines.append(f"| {library} `{arch}` | {exporter} | " + " | ".join(cells)
+                     + f" | {row['seconds']} |")
     return "\n".join(lines) + "\n"
 
 

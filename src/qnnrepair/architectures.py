@@ -30,6 +30,9 @@ from qnnrepair.errors import QnnRepairError
 logger = logging.getLogger(__name__)
 
 STEPS = ("float", "w8a8", "w4a8", "agreement", "gradient", "ochiai", "repair", "onnx")
+# The ONNX files a user brings: exported by torch.onnx, quantized by ONNX Runtime.
+EXPORTERS = ("torchscript", "dynamo")
+QDQ_STEPS = ("export", "per-tensor", "per-channel")
 
 # name -> (library, name in it). timm's names are timm.create_model's; torchvision's are
 # torchvision.models functions.
@@ -219,3 +222,75 @@ def _onnx(qmodel, images: torch.Tensor) -> float:
         path = Path(folder, "model.onnx")
         export_onnx(qmodel, path, images[:1])
         return 100.0 * check_onnx(path, qmodel, images)["agreement"]
+
+
+def check_onnx_files(model: nn.Module, images: torch.Tensor, exporter: str, *,
+                     repair_neurons: int = 2, seed: int = 0) -> dict[str, str]:
+    """{step: result} for an ONNX file as a user makes one: `model` exported by torch.onnx
+    (`exporter`: "torchscript" or "dynamo", opset 17, a dynamic batch) and quantized by ONNX
+    Runtime's `quantize_static` (QDQ, MinMax, uint8 activations, int8 weights) per tensor and
+    per channel; each QDQ file loaded beside the float file, its simulation's top-1 compared
+    with ONNX Runtime's, repaired for `repair_neurons` neurons, written back and run again.
+    Labels are the float model's top-1; half the images calibrate and repair, half validate."""
+    row: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        float_path = Path(folder, "model.onnx")
+        exported = _step(row, "export", lambda: _export(model, images[:1], float_path, exporter),
+                         lambda _: "ok")
+        if exported is None and not float_path.exists():
+            for step in QDQ_STEPS[1:]:
+                row[step] = "not run (export failed)"
+            return row
+        for step in QDQ_STEPS[1:]:
+            qdq_path = Path(folder, f"model.{step}.onnx")
+            _step(row, step, lambda s=step, q=qdq_path: _qdq_round_trip(
+                float_path, q, images, s == "per-channel", repair_neurons, seed), str)
+    return row
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> bool:
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=exporter == "dynamo",
+                          opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}
+                          if exporter == "torchscript" else None,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},)
+                          if exporter == "dynamo" else None)
+    return True
+
+
+def _qdq_round_trip(float_path: Path, qdq_path: Path, images: torch.Tensor, per_channel: bool,
+                    neurons: int, seed: int) -> str:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+
+    from qnnrepair.formats.deployed import load_deployed, write_deployed
+    from qnnrepair.formats.runtime import check_runtime
+    from qnnrepair.repair import Repairer, preset
+
+    half = len(images) // 2
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": images[i:i + 1].numpy()} for i in range(half)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    deployed = load_deployed(qdq_path, float_path)
+    with torch.no_grad():
+        labels = deployed.float_model(images).argmax(1)
+    before = check_runtime(qdq_path, deployed.model, images, labels)
+    repairer = Repairer(preset("default", max_neurons=neurons, seed=seed)).fit(
+        deployed, images[:half], labels[:half], images[half:], labels[half:])
+    repaired_path = qdq_path.with_suffix(".repaired.onnx")
+    write_deployed(repairer.repaired_, repaired_path)
+    after = check_runtime(repaired_path, repairer.repaired_.model, images, labels)
+    return (f"{len(deployed.layers)} layers; ORT = simulation on {100 * before.agreement:.0f} "
+            f"% ({100 * after.agreement:.0f} % repaired, {len(repairer.changes_)} kept)")

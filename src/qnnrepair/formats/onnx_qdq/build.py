@@ -77,6 +77,10 @@ class GraphBuilder:
         return self.consts[name]
 
     def add(self, node: Node) -> None:
+        if node.op_type not in (*WEIGHTED_OPS, "DequantizeLinear") \
+                and not self._data_inputs(node):
+            self._fold(node)  # shape arithmetic that a quantizer wrapped in Q/DQ
+            return
         if node.op_type not in SUPPORTED_OPS:
             raise QnnRepairError(f"{self.where(node)} is an operator qnnrepair cannot simulate "
                                  f"(supported: {', '.join(SUPPORTED_OPS)})")
@@ -96,6 +100,21 @@ class GraphBuilder:
             self.graph.wiring.append((key, inputs, out))
             self.graph.onnx_names[key] = node.name
             self.producer[out] = module
+
+    def _fold(self, node: Node) -> None:
+        """Evaluate a node whose inputs are all constants (ONNX's reference implementation)."""
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+
+        proto = helper.make_node(node.op_type, node.inputs, node.outputs, **node.attrs)
+        feeds = {i: self.consts[i] for i in node.inputs if i}
+        try:
+            values = ReferenceEvaluator(proto).run(None, feeds)
+        except Exception as exc:  # noqa: BLE001
+            raise QnnRepairError(f"{self.where(node)}: cannot evaluate it on its constant "
+                                 f"inputs ({str(exc).splitlines()[0][:160]})") from None
+        for name, value in zip(node.outputs, values):
+            self.consts[name] = np.asarray(value)
 
     def _unique(self, key: str) -> str:
         base, n = key, 1

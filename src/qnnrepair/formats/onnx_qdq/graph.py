@@ -77,6 +77,34 @@ class OnnxQDQModel(DeployedModel):
     num_classes: int | None = None
 
 
+def _check_shapes(qdq: OnnxFile, model: OnnxGraph, float_model: OnnxGraph,
+                  layers: list[str]) -> None:
+    """Every quantized layer computes the shape its float twin computes, on one image of the
+    file's input shape. A quantizer that wraps a padding's shape arithmetic in Q/DQ (as
+    quantize_static does for padding computed in forward) can round a pad of 1 down to 0;
+    ONNX Runtime then runs another network than the float one, and no repair should chase it."""
+    from qnnrepair.hooks import capture
+
+    dims = qdq.input_shape
+    if not dims or any(not d for d in dims):
+        return
+    x = torch.zeros(1, *dims[1:])
+    with torch.no_grad():
+        with capture({n: model.get_submodule(n) for n in layers}) as got:
+            model(x)
+        with capture({n: float_model.get_submodule(n) for n in layers}) as want:
+            float_model(x)
+    for name in layers:
+        a, b = got.get(name), want.get(name)
+        if a is not None and b is not None and a.shape != b.shape:
+            node = model.onnx_names.get(name.removeprefix("nodes."), name)
+            raise QnnRepairError(
+                f"{Path(qdq.path).name}: node {node!r} computes shape {tuple(a.shape)} where the "
+                f"float model computes {tuple(b.shape)}: the quantizer changed the graph (a "
+                "padding computed in forward and quantized by quantize_static rounds "
+                "differently); export the float model with fixed padding and quantize again")
+
+
 def load_onnx_qdq(float_path: str | Path, qdq_path: str | Path) -> OnnxQDQModel:
     """Read a float ONNX model and the QDQ model ONNX Runtime's quantize_static wrote from it:
     the QDQ file's simulation (`model`) and the float file's graph (`float_model`)."""
@@ -95,6 +123,7 @@ def load_onnx_qdq(float_path: str | Path, qdq_path: str | Path) -> OnnxQDQModel:
                              "quantize it with quantize_static (QuantFormat.QDQ)")
     float_model = OnnxGraph(flt)
     check_match(flt, qdq, float_model, model, layers)
+    _check_shapes(qdq, model, float_model, layers)
     shape = qdq.output_shapes[0] if qdq.output_shapes else ()
     num_classes = shape[-1] if shape and shape[-1] else None
     return OnnxQDQModel(model.eval(), float_model.eval(), layers, str(qdq_path), str(float_path),

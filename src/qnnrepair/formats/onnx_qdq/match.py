@@ -37,8 +37,12 @@ def check_match(flt: OnnxFile, qdq: OnnxFile, float_graph: nn.Module, qdq_graph:
     what = f"float model {Path(flt.path).name} does not match QDQ model {Path(qdq.path).name}"
     if len(flt.inputs) != len(qdq.inputs):
         raise QnnRepairError(f"{what}: {len(flt.inputs)} inputs against {len(qdq.inputs)}")
-    q_nodes = {node_key(n): n for n in qdq.nodes if n.op_type not in QDQ_OPS}
-    f_nodes = {node_key(n): n for n in flt.nodes}
+    # The nodes each graph simulates: one side may have folded what the other computes (a
+    # shape computation the quantizer wrapped in Q/DQ folds only once its DQ is a constant).
+    q_names, f_names = _simulated(qdq_graph), _simulated(float_graph)
+    q_nodes = {node_key(n): n for n in qdq.nodes
+               if n.op_type not in QDQ_OPS and (not n.name or n.name in q_names)}
+    f_nodes = {node_key(n): n for n in flt.nodes if not n.name or n.name in f_names}
     for key, node in q_nodes.items():
         other = f_nodes.get(key)
         if other is None:
@@ -63,6 +67,11 @@ def check_match(flt: OnnxFile, qdq: OnnxFile, float_graph: nn.Module, qdq_graph:
             f"of the float ones (a quantized or repaired copy keeps >= {MIN_MATCHING:.0%}); "
             f"node {name!r}: {n_in / n:.1%}, up to {steps:.3g} steps apart: was the QDQ model "
             "quantized from this float model?")
+
+
+def _simulated(graph: nn.Module) -> set[str]:
+    """Names of the nodes the graph simulates (the others were folded to constants)."""
+    return set(graph.onnx_names.values())
 
 
 def _matching(what: str, layer: nn.Module, reference: nn.Module) -> tuple[int, int, float]:

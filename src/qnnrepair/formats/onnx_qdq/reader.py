@@ -68,6 +68,7 @@ class OnnxFile:
     output_shapes: list[tuple]
     opset: int
     input_batch: int | None = None  # the first input's batch dimension, if the file fixes it
+    input_shape: tuple = ()  # the first input's shape (0 where not fixed), batch fixed at 1
 
     def is_quantized(self) -> bool:
         return any(n.op_type in QDQ_OPS for n in self.nodes)
@@ -101,6 +102,10 @@ def read_onnx(path: str | Path) -> OnnxFile:
     proto = load_proto(path)
     batch = _fix_batch(proto)
     shapes = _static_shapes(proto, onnx)
+    unknown = [n.input[0] for n in proto.graph.node
+               if n.op_type == "Shape" and shapes.get(n.input[0]) is None]
+    if unknown:
+        shapes.update(_run_shapes(proto, unknown))
     graph = proto.graph
     try:
         constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -132,7 +137,8 @@ def read_onnx(path: str | Path) -> OnnxFile:
     output_shapes = [tuple(d.dim_value if d.HasField("dim_value") else None
                            for d in o.type.tensor_type.shape.dim) for o in graph.output]
     return OnnxFile(str(path), kept, constants, initializers, inputs,
-                    [o.name for o in graph.output], output_shapes, opset, batch)
+                    [o.name for o in graph.output], output_shapes, opset, batch,
+                    _input_shape(proto))
 
 
 def _node(index: int, proto_node, onnx) -> tuple[Node, object]:
@@ -179,6 +185,46 @@ def _static_shapes(proto, onnx) -> dict[str, tuple | None]:
             d.HasField("dim_value") for d in dims)
         shapes[value.name] = tuple(d.dim_value for d in dims) if known else None
     return shapes
+
+
+def _input_shape(proto) -> tuple:
+    initializers = {t.name for t in proto.graph.initializer}
+    first = next((i for i in proto.graph.input if i.name not in initializers), None)
+    return tuple(d.dim_value for d in first.type.tensor_type.shape.dim) if first else ()
+
+
+def _run_shapes(proto, names: list[str]) -> dict[str, tuple]:
+    """The shapes of `names` as ONNX Runtime computes them on one zero image: for a Shape node
+    whose input shape inference cannot follow (a padding computed through Q/DQ nodes). Empty
+    when ONNX Runtime is missing or the input's shape is not fixed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    initializers = {t.name for t in proto.graph.initializer}
+    first = next(i for i in proto.graph.input if i.name not in initializers)
+    dims = [d.dim_value for d in first.type.tensor_type.shape.dim]
+    if not dims or min(dims) <= 0:
+        return {}
+    probe = type(proto)()
+    probe.CopyFrom(proto)
+    from onnx import helper
+
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names)
+                              if n not in existing)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        elem = {1: np.float32, 2: np.uint8, 3: np.int8}.get(first.type.tensor_type.elem_type,
+                                                            np.float32)
+        outputs = session.run(names, {first.name: np.zeros(dims, elem)})
+    except Exception:  # noqa: BLE001 (the shapes are a help; the builder reports what is missing)
+        return {}
+    return {name: tuple(np.asarray(value).shape) for name, value in zip(names, outputs)}
 
 
 def _without_identities(nodes, graph_outputs: set[str]):
