@@ -264,8 +264,12 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) 
 
 def _qdq_round_trip(float_path: Path, qdq_path: Path, images: torch.Tensor, per_channel: bool,
                     neurons: int, seed: int) -> str:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from qnnrepair.formats.deployed import load_deployed, write_deployed
     from qnnrepair.formats.runtime import check_runtime

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from qnnrepair.localization.layer_costs import LayerCosts, layer_costs
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import RepairConfig
