@@ -1,4 +1,4 @@
-"""Validation drawn from held-out data (issue 13): disjoint from test, refused when it is not."""
+"""Validation drawn from held-out data: disjoint from test, refused when it is not."""
 
 import numpy as np
 import pytest

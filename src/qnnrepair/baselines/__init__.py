@@ -1,4 +1,4 @@
-"""Post-training quantization baselines, side by side with the repair (DESIGN section 5).
+"""Post-training quantization baselines, side by side with the repair (docs/DESIGN.md, section 5).
 
 Every baseline is registered by name (`get_baseline("adaround")`) and has one signature:
 

@@ -32,8 +32,8 @@ logger = logging.getLogger("qnnrepair")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qnnrepair", description=(
-        "Repair quantized neural networks: spectrum-based fault localization + linear "
-        "programming on integer weights, guarded by validation."))
+        "Repair quantized neural networks: blame localization + linear programs on "
+        "integer weights, guarded by validation."))
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars")

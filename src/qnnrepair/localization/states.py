@@ -225,7 +225,7 @@ class ActivationFlip(StateRule):
 @register_state_rule("either")
 @dataclass(frozen=True)
 class FlipOrRelativeError(StateRule):
-    """The DESIGN default: deviates when ActivationFlip(rho) or RelativeError(tau) says so."""
+    """The default: deviates when ActivationFlip(rho) or RelativeError(tau) says so."""
 
     tau: float = 0.1
     rho: float = 0.05

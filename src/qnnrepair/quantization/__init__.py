@@ -1,4 +1,4 @@
-"""Deployment-faithful integer quantization (DESIGN section 2).
+"""Deployment-faithful integer quantization (docs/DESIGN.md, section 2).
 
 Names are loaded lazily: the CLI reads the choices in `qnnrepair.quantization.config` while
 building its parser, and `qnnrepair --help` should not wait for torch to load.

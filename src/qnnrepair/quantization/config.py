@@ -23,7 +23,7 @@ class LayerBits:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How a float network becomes an integer one (DESIGN section 2).
+    """How a float network becomes an integer one (docs/DESIGN.md, section 2).
 
     Weights are symmetric on [-(2^(b-1)-1), 2^(b-1)-1] with a scale per output channel (or per
     tensor); the input of every Conv/Linear is asymmetric unsigned, per tensor, calibrated on a

@@ -1,4 +1,4 @@
-"""Repair by linear programming, guarded by validation (DESIGN section 4).
+"""Repair by linear programming, guarded by validation (docs/DESIGN.md, section 4).
 
 Names are loaded lazily: LP worker processes import `qnnrepair.repair.lp`, which needs neither
 torch nor the rest of this package, and start much faster without them.

@@ -78,8 +78,7 @@ class LPConfig:
     MobileNetV2 activations). `count_offset`: a "match" LP is judged with the neuron's mean
     error as one more row, so a neuron whose fault is an offset keeps the bias delta its LP
     finds even when its weights cannot help (the centred rows alone see no gain and the LP's
-    result is dropped). Off by default: on validation it gained 0.3 point on the demo
-    (ResNet-20 W3A8) and lost 0.8 on MobileNetV2 W4A8 (E7), session 9.
+    result is dropped). Off by default: on validation it did not help on every model.
     """
 
     hidden_formulation: str = "match"

@@ -1,5 +1,5 @@
 """The repair loop: rank the neurons, repair the top N for growing N, keep what validation
-accepts (DESIGN sections 1 and 4)."""
+accepts (docs/DESIGN.md, sections 1 and 4)."""
 
 from __future__ import annotations
 

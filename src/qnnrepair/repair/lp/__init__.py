@@ -1,4 +1,4 @@
-"""The repair's linear programs (DESIGN section 4), numpy + highspy only (no torch).
+"""The repair's linear programs (docs/DESIGN.md, section 4), numpy + highspy only (no torch).
 
     core.py         assembly, norm encodings, rounding, MILP warm start (every formulation)
     result.py       LPResult, default lam / kappa in step units, row selection

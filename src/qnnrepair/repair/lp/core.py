@@ -5,7 +5,7 @@ neuron.py) describes its LP as a :class:`Core` and calls :func:`solve_core`.
 
 Variables of every LP: an integer delta ``d`` on each weight of the chosen neurons, bounded so
 that ``q + d`` stays on the grid ``[qmin, qmax]`` (never wrapped around), and one real bias delta
-``e`` per chosen neuron (DESIGN.md section 4).
+``e`` per chosen neuron (docs/DESIGN.md, section 4).
 
 The LP relaxation is solved by HiGHS, ``d`` is rounded to the nearest integer and clamped to the
 grid, the bias deltas are re-fitted to the rounded weights (a small sparse LP with ``d`` fixed),

@@ -1,4 +1,5 @@
-"""The LP backend on a Ray cluster (DESIGN section 7): ``make_backend("ray", n_workers=4)``.
+"""The LP backend on a Ray cluster (docs/DESIGN.md, section 7):
+``make_backend("ray", n_workers=4)``.
 
 Where: the ``address`` option, else the RAY_ADDRESS environment variable, else a local Ray started
 here with ``num_cpus = n_workers`` (shut down by :meth:`RayPool.close`). A process that already
