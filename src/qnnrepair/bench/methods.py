@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from qnnrepair.baselines import BASELINES, get_baseline
 from qnnrepair.errors import QnnRepairError
@@ -26,10 +26,8 @@ from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
 from qnnrepair.registry import Registry
 from qnnrepair.repair import Repairer, preset
 
-if TYPE_CHECKING:
-    from qnnrepair.bench.config import BenchConfig
-
-MethodRun = Callable[[QuantizedModel, Workload, str, "BenchConfig"], QuantizedModel]
+# (start, work, setting, config: bench.config.BenchConfig) -> a new QuantizedModel
+MethodRun = Callable[[QuantizedModel, Workload, str, Any], QuantizedModel]
 
 ON_TOP = "qnnrepair"  # the method that BenchConfig.on_top runs after a stackable one
 
@@ -79,7 +77,7 @@ def baseline_method(name: str, **from_config: str) -> MethodRun:
     (adaround's `iters` from `adaround_iters`); `config.baseline_params[name]` overrides both."""
 
     def run(start: QuantizedModel, work: Workload, setting: str,
-            config: BenchConfig) -> QuantizedModel:
+            config) -> QuantizedModel:
         params = {key: getattr(config, attr) for key, attr in from_config.items()}
         params.update(config.baseline_params.get(name, {}))
         return get_baseline(name)(start, work.images("repair"), seed=config.seed, **params)
@@ -88,7 +86,7 @@ def baseline_method(name: str, **from_config: str) -> MethodRun:
 
 
 def repair(start: QuantizedModel, work: Workload, preset_name: str,
-           config: BenchConfig) -> QuantizedModel:
+           config) -> QuantizedModel:
     """The repair of `start` with the preset `preset_name`, through the public Repairer."""
     repairer = Repairer(preset(preset_name, seed=config.seed)).fit(
         start, work.images("repair"), work.labels("repair"), work.images("validation"),
@@ -114,18 +112,18 @@ del _name, _label, _from_config
 @register_method("rtn_mse", "round to nearest, quantized anew with MSE weight clipping",
                  stackable=True)
 def run_rtn_mse(start: QuantizedModel, work: Workload, setting: str,
-                config: BenchConfig) -> QuantizedModel:
+                config) -> QuantizedModel:
     return quantize(work.model, QuantConfig.from_setting(setting, weight_clipping="mse"),
                     work.images("repair"), model_spec=work.model_spec, seed=config.seed)
 
 
 @register_method("qnnrepair", "qnnrepair with BenchConfig.repair_preset")
 def run_qnnrepair(start: QuantizedModel, work: Workload, setting: str,
-                  config: BenchConfig) -> QuantizedModel:
+                  config) -> QuantizedModel:
     return repair(start, work, config.repair_preset, config)
 
 
 @register_method("paper", "qnnrepair with the paper preset")
 def run_paper(start: QuantizedModel, work: Workload, setting: str,
-              config: BenchConfig) -> QuantizedModel:
+              config) -> QuantizedModel:
     return repair(start, work, "paper", config)

@@ -9,10 +9,8 @@ nn.Conv2d / nn.Linear. Every module is keyed by its node's name (node_key).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,10 +19,7 @@ from torch import nn
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats.onnx_qdq import ops
 from qnnrepair.formats.onnx_qdq.layers import QDQConv2d, QDQLinear
-from qnnrepair.formats.onnx_qdq.reader import Node, OnnxFile
-
-if TYPE_CHECKING:
-    from qnnrepair.formats.onnx_qdq.graph import OnnxGraph
+from qnnrepair.formats.onnx_qdq.reader import Node, OnnxFile, node_key
 
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "Clip",
                  "GlobalAveragePool", "ReduceMean", "AveragePool", "MaxPool", "Flatten",
@@ -44,21 +39,12 @@ class ConstantDQ:
     axis: int
 
 
-def node_key(node: Node) -> str:
-    """A module name for the node: its ONNX name (else its first output), with '/' and '.'
-    (which PyTorch names cannot hold) turned into '_'."""
-    key = re.sub(r"[^0-9A-Za-z_]+", "_", node.name or node.outputs[0]).strip("_") or \
-        f"{node.op_type}_{node.index}"
-    if key[0].isdigit() or hasattr(nn.ModuleDict, key):
-        key = f"node_{key}"
-    return key
-
-
 class GraphBuilder:
     """Turns nodes into modules; knows which values are constants and which DequantizeLinear
     outputs are integer initializers."""
 
-    def __init__(self, source: OnnxFile, graph: OnnxGraph) -> None:
+    def __init__(self, source: OnnxFile, graph: nn.Module) -> None:
+        """`graph`: the OnnxGraph being built (its `nodes`, `wiring`, `onnx_names`)."""
         self.source, self.graph = source, graph
         self.consts: dict[str, np.ndarray] = dict(source.constants)
         self.dq: dict[str, ConstantDQ] = {}

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
-from qnnrepair.formats.onnx_qdq.build import node_key
-from qnnrepair.formats.onnx_qdq.reader import QDQ_OPS, OnnxFile
+from qnnrepair.formats.onnx_qdq.reader import QDQ_OPS, OnnxFile, node_key
 
 # Nodes of the float graph the quantizer may remove.
 REMOVABLE = ("Relu", "Clip", "Identity")

@@ -10,15 +10,19 @@ DequantizeLinear are what a repair changes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from qnnrepair.errors import QnnRepairError
 
 _INSTALL = "install it with: pip install 'qnnrepair[export]'"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Attribute names of torch's ModuleDict, which a module name must not shadow.
+_MODULE_DICT_NAMES = frozenset(dir(nn.ModuleDict))
 # Domains whose Q/DQ mean the same (ORT writes 16-bit Q/DQ in its own domain).
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -75,6 +79,16 @@ class OnnxFile:
 
     def __repr__(self) -> str:
         return f"OnnxFile({Path(self.path).name!r}, {len(self.nodes)} nodes)"
+
+
+def node_key(node: Node) -> str:
+    """A module name for the node: its ONNX name (else its first output), with '/' and '.'
+    (which PyTorch names cannot hold) turned into '_'."""
+    key = re.sub(r"[^0-9A-Za-z_]+", "_", node.name or node.outputs[0]).strip("_") or \
+        f"{node.op_type}_{node.index}"
+    if key[0].isdigit() or key in _MODULE_DICT_NAMES:
+        key = f"node_{key}"
+    return key
 
 
 def load_proto(path: str | Path):
