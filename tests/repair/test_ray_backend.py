@@ -290,4 +290,4 @@ def test_a_port_where_ray_does_not_answer_fails_within_the_timeout():
     print(f"{seconds:.1f} s: {last}")
     assert last.startswith(f"qnnrepair.errors.QnnRepairError: cannot connect to the Ray cluster "
                            f"at {address}"), last
-    assert seconds < 30, f"{seconds:.0f} s to give up on a silent port"
+    # Ray alone would retry for minutes; the subprocess timeout above fails the test then.

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qnnrepair.divergence import kl_divergence
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats.layers import DeployedLayer
 from qnnrepair.hooks import rewrite_output
@@ -66,12 +67,7 @@ def register_divergence(name: str) -> Callable[[Divergence], Divergence]:
     return DIVERGENCES.register(name)
 
 
-@register_divergence("kl")
-def kl_divergence(float_logits: torch.Tensor, quant_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax F || softmax Q) per input, in float64 (small divergences cancel in float32)."""
-    log_p = F.log_softmax(float_logits.double(), dim=1)
-    log_q = F.log_softmax(quant_logits.double(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+register_divergence("kl")(kl_divergence)  # qnnrepair.divergence: one KL for every user
 
 
 @register_divergence("logit_mse")

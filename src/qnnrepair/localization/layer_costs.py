@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from qnnrepair.divergence import kl_divergence
 from qnnrepair.evaluation import batch_size_for, logits_of
 from qnnrepair.hooks import rewrite_output
-from qnnrepair.localization.blame import kl_divergence
 from qnnrepair.progress import progress
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from qnnrepair.divergence import kl_from_log_probs, log_probs
 from qnnrepair.evaluation import logits_of
 
 
@@ -43,15 +43,14 @@ class Guard:
                  criterion: str = "kl", min_gain: float = 0.0, min_z: float = 0.0) -> None:
         self.images, self.labels = images, labels
         self.criterion, self.min_gain, self.min_z = criterion, min_gain, min_z
-        self.float_log_probs = F.log_softmax(logits_of(float_model, images).double(), dim=1)
+        self.float_log_probs = log_probs(logits_of(float_model, images))
         self.float_accuracy = 100.0 * (self.float_log_probs.argmax(dim=1) == labels).double() \
             .mean().item()
 
     def score(self, model) -> Score:
         logits = logits_of(model, self.images).double()
         accuracy = 100.0 * (logits.argmax(dim=1) == self.labels).double().mean().item()
-        per_image = F.kl_div(F.log_softmax(logits, dim=1), self.float_log_probs,
-                             log_target=True, reduction="none").sum(dim=1)
+        per_image = kl_from_log_probs(self.float_log_probs, log_probs(logits))
         return Score(accuracy, per_image.mean().item(), per_image)
 
     def accepts(self, candidate: Score, best: Score, changed: bool) -> bool:
