@@ -408,3 +408,20 @@ def test_made_localizers_fit_alike(tiny):
         assert list(localizer.scores_) == qmodel.layers
         assert all(s.dtype == np.float64 for s in localizer.scores_.values())
         assert len(set(localizer.ranking_)) == len(localizer.ranking_) == n_neurons
+
+
+def test_every_localizer_keeps_the_localizer_contract():
+    from qnnrepair.localization import Localizer, localizer_names, make_localizer
+    from qnnrepair.quantization import QuantConfig, quantize
+    from qnnrepair.testing import blob_data, trained_tiny_net
+
+    model = trained_tiny_net()
+    images, labels = blob_data(40, seed=3)
+    qmodel = quantize(model, QuantConfig.from_setting("w3a4"), images)
+    for name in localizer_names():
+        localizer = make_localizer(name)
+        assert isinstance(localizer, Localizer), name
+        assert localizer.fit(qmodel.float_model, qmodel.model, ["conv1", "conv2"],
+                             [(images, labels)]) is localizer
+        assert set(localizer.scores_) == {"conv1", "conv2"}
+        assert len(localizer.ranking_) == 6 + 8, name

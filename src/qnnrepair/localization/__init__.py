@@ -1,11 +1,13 @@
-"""Spectrum-based fault localization: which neurons did quantization break?
+"""Which neurons did quantization break? Every localizer keeps one contract (base.Localizer).
 
+GradientBlame (the default) and CounterfactualBlame rank by the output divergence a neuron
+causes (blame.py). SpectrumLocalizer is the paper's spectrum-based fault localization:
 record_spectrum (hooks, streaming counts) -> SpectrumCounts per layer -> a suspiciousness metric
--> rank_neurons. SpectrumLocalizer does all three in one `fit`. GradientBlame and
-CounterfactualBlame rank by the output divergence a neuron causes instead (blame.py);
-make_localizer builds any of them from one name.
+-> rank_neurons. make_localizer builds any of them from one name; layer_costs.layer_costs says
+per layer how many points it costs.
 """
 
+from qnnrepair.localization.base import Localizer
 from qnnrepair.localization.blame import (
     DIVERGENCES,
     CounterfactualBlame,
@@ -59,6 +61,7 @@ __all__ = [
     "GradedError",
     "GradedSpectrumCounts",
     "GradientBlame",
+    "Localizer",
     "RelativeError",
     "RunningMoments",
     "Spectrum",

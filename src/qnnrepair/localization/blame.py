@@ -37,16 +37,16 @@ from qnnrepair.divergence import kl_divergence
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats.layers import DeployedLayer
 from qnnrepair.hooks import rewrite_output
-from qnnrepair.localization.metrics import rank_neurons
-from qnnrepair.localization.spectrum import (
-    _check_layer_names,
-    _device_of,
-    _eval_mode,
-    _LayerRecorder,
-    _predictions,
-    _resolve_layers,
-    _unpacked,
+from qnnrepair.localization.forward import (
+    LayerRecorder,
+    check_layer_names,
+    device_of,
+    eval_mode,
+    predictions,
+    resolve_layers,
+    unpacked,
 )
+from qnnrepair.localization.metrics import rank_neurons
 from qnnrepair.localization.states import per_position
 from qnnrepair.neurons import Neuron
 from qnnrepair.progress import progress
@@ -80,8 +80,9 @@ def get_divergence(name: str) -> Divergence:
     return DIVERGENCES.lookup(name)
 
 
-class _BlameLocalizer:
-    """Shared contract of the blame localizers (same as SpectrumLocalizer's):
+class BlameLocalizer:
+    """What the output-blame localizers share; they keep the Localizer contract
+    (localization.base):
 
         localizer = GradientBlame().fit(float_model, quant_model, layers, batches)
         localizer.ranking_[:10]     # Neuron(layer, index), most to blame first
@@ -114,26 +115,26 @@ class _BlameLocalizer:
 
 def _named_layers(float_model, quant_model, layers):
     """The checked layer names and their modules in the float and the quantized model."""
-    layers = _check_layer_names(layers)
-    float_modules = _resolve_layers(float_model, layers, "float model")
-    quant_modules = _resolve_layers(quant_model, layers, "quantized model")
+    layers = check_layer_names(layers)
+    float_modules = resolve_layers(float_model, layers, "float model")
+    quant_modules = resolve_layers(quant_model, layers, "quantized model")
     return layers, float_modules, quant_modules
 
 
 def _enter_models(stack: ExitStack, float_model, quant_model, float_modules):
     """Both models in eval mode (flags restored on exit) and the float model's recorder."""
-    stack.enter_context(_eval_mode(float_model))
-    stack.enter_context(_eval_mode(quant_model))
-    return stack.enter_context(_LayerRecorder(float_model, float_modules, "float model"))
+    stack.enter_context(eval_mode(float_model))
+    stack.enter_context(eval_mode(quant_model))
+    return stack.enter_context(LayerRecorder(float_model, float_modules, "float model"))
 
 
 def _divergence(name: str, float_logits: Any, quant_logits: Any, batch_size: int) -> torch.Tensor:
-    _predictions(float_logits, batch_size, "float model")  # shape checks, one-line errors
-    _predictions(quant_logits, batch_size, "quantized model")
+    predictions(float_logits, batch_size, "float model")  # shape checks, one-line errors
+    predictions(quant_logits, batch_size, "quantized model")
     return get_divergence(name)(float_logits, quant_logits)
 
 
-class GradientBlame(_BlameLocalizer):
+class GradientBlame(BlameLocalizer):
     """First-order blame: per neuron, the sum over inputs (and positions) of g * (a_Q - a_F),
     g = dD/da_Q through the quantized model (straight-through across its rounding, see the
     module docstring). One forward of each model and one backward per batch, all layers at once.
@@ -150,13 +151,13 @@ class GradientBlame(_BlameLocalizer):
             batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
             show_progress: bool = False) -> GradientBlame:
         layers, float_modules, quant_modules = self._prepare(float_model, quant_model, layers)
-        device = _device_of(float_model)
+        device = device_of(float_model)
         scores: dict[str, torch.Tensor] = {}
         n_inputs, total = 0, 0.0
         with ExitStack() as stack:
             float_run = _enter_models(stack, float_model, quant_model, float_modules)
             quant_run = stack.enter_context(_StraightThrough(quant_model, quant_modules))
-            for images, labels in _unpacked(
+            for images, labels in unpacked(
                     progress(batches, show_progress, desc="gradient blame"), device):
                 with torch.no_grad():
                     float_logits, float_acts = float_run(images)
@@ -180,7 +181,7 @@ class GradientBlame(_BlameLocalizer):
         return f"GradientBlame(divergence={self.divergence!r}, absolute={self.absolute!r})"
 
 
-class CounterfactualBlame(_BlameLocalizer):
+class CounterfactualBlame(BlameLocalizer):
     """Exact blame: per neuron, the drop of D when that neuron's quantized output (all positions)
     is replaced by its float output on the quantized model's forward pass, summed over the
     inputs. The reference GradientBlame is checked against.
@@ -194,13 +195,13 @@ class CounterfactualBlame(_BlameLocalizer):
             batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
             show_progress: bool = False) -> CounterfactualBlame:
         layers, float_modules, quant_modules = self._prepare(float_model, quant_model, layers)
-        device = _device_of(float_model)
+        device = device_of(float_model)
         scores: dict[str, torch.Tensor] = {}
         n_inputs, total = 0, 0.0
         with ExitStack() as stack, torch.no_grad():
             float_run = _enter_models(stack, float_model, quant_model, float_modules)
             replace = stack.enter_context(_Replacement(quant_modules))
-            for images, labels in _unpacked(
+            for images, labels in unpacked(
                     progress(batches, show_progress, desc="counterfactual blame"), device):
                 float_logits, float_acts = float_run(images)
                 base = _divergence(self.divergence, float_logits, quant_model(images),
@@ -231,7 +232,7 @@ def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Seq
     (dW, db) is sum(gW * dW) + sum(gb * db): what a repair's change is predicted to do to D at
     the model the gradient was taken on (benchmarks/experiments/e2_interactions.py)."""
     layers, _, quant_modules = _named_layers(float_model, quant_model, layers)
-    device = _device_of(float_model)
+    device = device_of(float_model)
     sums: dict[str, list[torch.Tensor]] = {}
     inputs: dict[str, torch.Tensor] = {}  # each layer's input as its kernel sees it
     module_names = {id(module): layer for layer, module in quant_modules.items()}
@@ -240,12 +241,12 @@ def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Seq
         inputs[module_names[id(module)]] = module.quantize_input(args[0]).detach()
 
     with ExitStack() as stack:  # only the float logits are needed: no float recorder
-        stack.enter_context(_eval_mode(float_model))
-        stack.enter_context(_eval_mode(quant_model))
+        stack.enter_context(eval_mode(float_model))
+        stack.enter_context(eval_mode(quant_model))
         quant_run = stack.enter_context(_StraightThrough(quant_model, quant_modules))
         for module in quant_modules.values():
             stack.callback(module.register_forward_hook(keep_input).remove)
-        for images, labels in _unpacked(batches, device):
+        for images, labels in unpacked(batches, device):
             with torch.no_grad():
                 float_logits = float_model(images)
             with torch.enable_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.localization.base import Localizer
 from qnnrepair.localization.blame import CounterfactualBlame, GradientBlame
 from qnnrepair.localization.localizer import SpectrumLocalizer
 from qnnrepair.localization.metrics import METRICS
@@ -46,9 +47,9 @@ def make_localizer(
     oracle: str = "label",
     seed: int = 0,
     **params: Any,
-) -> SpectrumLocalizer | GradientBlame | CounterfactualBlame:
-    """The localizer called `metric`, not yet fitted; all share `fit(float_model, quant_model,
-    layers, batches, show_progress=False)` -> self with `scores_` and `ranking_`.
+) -> Localizer:
+    """The localizer called `metric`, not yet fitted (the Localizer contract of
+    localization.base).
 
     SBFL metric names (METRICS) give a SpectrumLocalizer with `state_rule`, `oracle`, `seed` and
     `params` as its metric parameters (e.g. star=3 for dstar). "gradient" and "counterfactual"

@@ -12,16 +12,24 @@ Hooks are removed and the models' train/eval flags restored on every exit, error
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any
 
 import torch
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
-from qnnrepair.hooks import on_forward
+from qnnrepair.localization.forward import (
+    LayerRecorder,
+    check_layer_names,
+    device_of,
+    eval_mode,
+    predictions,
+    resolve_layers,
+    unpacked,
+)
 from qnnrepair.localization.metrics import GradedSpectrumCounts, SpectrumCounts
 from qnnrepair.localization.states import (
     FloatStats,
@@ -89,22 +97,22 @@ def record_spectrum(
     if oracle not in ORACLES:
         raise QnnRepairError(f"unknown oracle {oracle!r}; use one of {', '.join(ORACLES)}")
     rule = get_state_rule(state_rule)
-    layers = _check_layer_names(layers)
-    float_modules = _resolve_layers(float_model, layers, "float model")
-    quant_modules = _resolve_layers(quant_model, layers, "quantized model")
+    layers = check_layer_names(layers)
+    float_modules = resolve_layers(float_model, layers, "float model")
+    quant_modules = resolve_layers(quant_model, layers, "quantized model")
     if rule.needs_float_stats and iter(batches) is batches:
         raise QnnRepairError(
             f"state rule {rule.name!r} reads the batches twice; pass a list or a DataLoader, "
             "not an iterator or generator"
         )
-    device = _device_of(float_model)
+    device = device_of(float_model)
 
     with ExitStack() as stack:
-        stack.enter_context(_eval_mode(float_model))
-        stack.enter_context(_eval_mode(quant_model))
-        float_run = stack.enter_context(_LayerRecorder(float_model, float_modules, "float model"))
+        stack.enter_context(eval_mode(float_model))
+        stack.enter_context(eval_mode(quant_model))
+        float_run = stack.enter_context(LayerRecorder(float_model, float_modules, "float model"))
         quant_run = stack.enter_context(
-            _LayerRecorder(quant_model, quant_modules, "quantized model")
+            LayerRecorder(quant_model, quant_modules, "quantized model")
         )
         stack.enter_context(torch.no_grad())
 
@@ -113,11 +121,11 @@ def record_spectrum(
             stats = _float_stats(float_run, layers, batches, device, show_progress)
 
         counter = _SpectrumCounter(layers)
-        for images, labels in _unpacked(progress(batches, show_progress, desc="spectrum"), device):
+        for images, labels in unpacked(progress(batches, show_progress, desc="spectrum"), device):
             float_logits, float_acts = float_run(images)
             quant_logits, quant_acts = quant_run(images)
-            float_pred = _predictions(float_logits, len(labels), "float model")
-            quant_pred = _predictions(quant_logits, len(labels), "quantized model")
+            float_pred = predictions(float_logits, len(labels), "float model")
+            quant_pred = predictions(quant_logits, len(labels), "quantized model")
             outcome = outcomes(float_pred, quant_pred, labels, oracle)
             passing, failing = outcome.passing, outcome.failing
             counter.add_outcomes(passing, failing)
@@ -137,59 +145,6 @@ def record_spectrum(
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-@final
-class _LayerRecorder:
-    """Forward hooks on named modules of one model; calling it runs the model once and returns
-    (logits, {layer: output}). Hooks only record during that call, so two recorders can share
-    modules (the same model passed twice) without seeing each other's forward passes."""
-
-    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module], role: str) -> None:
-        self.model = model
-        self.modules = dict(modules)
-        self.role = role
-        self._hooks = ExitStack()
-        self._outputs: dict[str, torch.Tensor] = {}
-        self._recording = False
-
-    def __enter__(self) -> _LayerRecorder:
-        self._hooks.enter_context(on_forward(self.modules, self._record, "output"))
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._hooks.close()
-        self._outputs = {}
-
-    def _record(self, layer: str, output: Any) -> None:
-        if not self._recording:
-            return
-        if layer in self._outputs:
-            raise QnnRepairError(
-                f"layer {layer!r} of the {self.role} ran twice in one forward pass; "
-                "choose modules that run once"
-            )
-        if not isinstance(output, torch.Tensor):
-            raise QnnRepairError(
-                f"layer {layer!r} of the {self.role} returned {type(output).__name__}, "
-                "not a tensor; choose Conv/Linear layers"
-            )
-        self._outputs[layer] = output.detach().clone()  # in-place ops downstream write into it
-
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self._outputs = {}
-        self._recording = True
-        try:
-            logits = self.model(images)
-        finally:
-            self._recording = False
-        outputs, self._outputs = self._outputs, {}
-        missing = [layer for layer in self.modules if layer not in outputs]
-        if missing:
-            raise QnnRepairError(
-                f"layers {missing} of the {self.role} did not run in its forward pass"
-            )
-        return logits, outputs
 
 
 class _SpectrumCounter:
@@ -254,100 +209,15 @@ def _degrees(rule: StateRule, layer: str, deviating: torch.Tensor) -> torch.Tens
 
 
 def _float_stats(
-    float_run: _LayerRecorder,
+    float_run: LayerRecorder,
     layers: Sequence[str],
     batches: Iterable[Any],
     device: torch.device | None,
     show_progress: bool,
 ) -> dict[str, FloatStats]:
     moments = {layer: RunningMoments() for layer in layers}
-    for images, _ in _unpacked(progress(batches, show_progress, desc="float statistics"), device):
+    for images, _ in unpacked(progress(batches, show_progress, desc="float statistics"), device):
         _, activations = float_run(images)
         for layer in layers:
             moments[layer].update(activations[layer])
     return {layer: m.result() for layer, m in moments.items()}
-
-
-def _unpacked(
-    batches: Iterable[Any], device: torch.device | None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for batch in batches:
-        try:
-            images, labels = batch
-        except (TypeError, ValueError):
-            raise QnnRepairError(
-                f"each batch must be a pair (images, labels), got {type(batch).__name__}"
-            ) from None
-        images = torch.as_tensor(images)
-        labels = torch.as_tensor(labels)
-        if labels.dim() != 1 or images.dim() < 1 or images.shape[0] != labels.shape[0]:
-            raise QnnRepairError(
-                f"a batch has images of shape {tuple(images.shape)} and labels of shape "
-                f"{tuple(labels.shape)}; give N images and N labels"
-            )
-        if labels.dtype.is_floating_point or labels.dtype.is_complex:
-            raise QnnRepairError(f"labels must be integers, got {labels.dtype}")
-        yield images.to(device), labels.to(device=device, dtype=torch.int64)
-
-
-def _predictions(logits: Any, batch_size: int, role: str) -> torch.Tensor:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != batch_size:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise QnnRepairError(
-            f"the {role} must return logits of shape (batch, classes), got {shape}"
-        )
-    return logits.argmax(dim=1)
-
-
-def _check_layer_names(layers: Sequence[str]) -> list[str]:
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise QnnRepairError("no layers given; name at least one Conv/Linear layer")
-    duplicates = sorted({layer for layer in layers if layers.count(layer) > 1})
-    if duplicates:
-        raise QnnRepairError(f"layers named more than once: {', '.join(duplicates)}")
-    return layers
-
-
-def _resolve_layers(model: nn.Module, layers: Sequence[str], role: str) -> dict[str, nn.Module]:
-    modules = dict(model.named_modules())
-    unknown = [layer for layer in layers if layer not in modules or layer == ""]
-    if unknown:
-        # Weighted layers first (nn.Conv2d/Linear, QuantConv2d/QuantLinear), else any module.
-        candidates = [name for name, m in modules.items() if name and _has_weights(m)] or [
-            name for name in modules if name
-        ]
-        shown = ", ".join(candidates[:5]) + (", ..." if len(candidates) > 5 else "")
-        raise QnnRepairError(
-            f"the {role} has no layer {', '.join(map(repr, unknown))}; valid names include: {shown}"
-        )
-    return {layer: modules[layer] for layer in layers}
-
-
-def _has_weights(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "weight", None), torch.Tensor) or hasattr(
-        module, "weight_int"
-    )
-
-
-def _device_of(model: nn.Module) -> torch.device | None:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put the model in eval mode (dropout off, BatchNorm on running statistics) and restore
-    every module's own train/eval flag afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
