@@ -15,12 +15,12 @@ from qnnrepair.localization.blame import CounterfactualBlame, GradientBlame
 from qnnrepair.localization.localizer import SpectrumLocalizer
 from qnnrepair.localization.metrics import METRICS
 from qnnrepair.localization.states import StateRule
+from qnnrepair.registry import Registry
 
 # Blame localizers by name; their parameters are the class's constructor arguments.
-BLAME_LOCALIZERS: dict[str, type] = {
-    "gradient": GradientBlame,
-    "counterfactual": CounterfactualBlame,
-}
+BLAME_LOCALIZERS = Registry("localizer")
+BLAME_LOCALIZERS.register("gradient")(GradientBlame)
+BLAME_LOCALIZERS.register("counterfactual")(CounterfactualBlame)
 
 
 def register_localizer(name: str):
@@ -28,10 +28,9 @@ def register_localizer(name: str):
     The class takes its parameters as keyword arguments and has `fit(float_model,
     quant_model, layers, batches, show_progress=False)` learning `scores_` and `ranking_`."""
     def decorator(cls: type) -> type:
-        if name in BLAME_LOCALIZERS or name in METRICS:
-            raise QnnRepairError(f"a localizer or metric named {name!r} is already registered")
-        BLAME_LOCALIZERS[name] = cls
-        return cls
+        if name in METRICS:
+            raise QnnRepairError(f"a metric named {name!r} is already registered")
+        return BLAME_LOCALIZERS.register(name)(cls)
     return decorator
 
 

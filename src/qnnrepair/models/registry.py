@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.registry import Registry
 
 # The shared CIFAR-10 checkpoints were trained with the ImageNet statistics, not CIFAR's own,
 # so every CIFAR model in the zoo normalizes with these.
@@ -59,7 +60,7 @@ class _Entry:
     info: ModelInfo
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY = Registry("model", "models")
 
 
 def register_model(
@@ -73,9 +74,7 @@ def register_model(
     info = ModelInfo(name, input_shape, 10, tuple(mean), tuple(std))
 
     def decorate(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(factory, info)
+        _REGISTRY.register(name, _Entry(factory, info))(factory)
         return factory
 
     return decorate
