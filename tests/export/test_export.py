@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.export import check_onnx, export_onnx
-from qnnrepair.export.onnx import ORT_OPTIMIZATIONS
+from qnnrepair.formats.runtime import ORT_OPTIMIZATIONS
 from qnnrepair.quantization import QuantConfig, QuantConv2d, QuantLinear, quantize
 from qnnrepair.testing import example_inputs, tiny_conv_net
 

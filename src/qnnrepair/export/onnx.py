@@ -22,6 +22,7 @@ import torch
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.export.qdq import qdq_module
 from qnnrepair.fileio import atomic_path
+from qnnrepair.formats.runtime import onnxruntime_session
 from qnnrepair.quantization.fold import set_module
 from qnnrepair.quantization.quantizer import QuantizedModel
 
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 # Per-axis QuantizeLinear/DequantizeLinear (per-channel weight scales) came in opset 13.
 MIN_OPSET = 13
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-ORT_OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-                     "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _INSTALL = "install it with: pip install 'qnnrepair[export]'"
 
 
@@ -200,23 +199,8 @@ def check_onnx(path: str | os.PathLike, qmodel: QuantizedModel, images: torch.Te
 
 
 def _session(path: Path, optimization: str):
-    ort = _require("onnxruntime")
-    if optimization not in ORT_OPTIMIZATIONS:
-        raise QnnRepairError(f"unknown ONNX Runtime optimization {optimization!r}: use one of "
-                             f"{', '.join(ORT_OPTIMIZATIONS)}")
-    if not path.is_file():
-        raise QnnRepairError(f"ONNX file {path} not found: export it first with export_onnx")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                               ORT_OPTIMIZATIONS[optimization])
-    # Same thread budget as torch, so the check does not oversubscribe shared machines.
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 (ORT raises its own types)
-        raise QnnRepairError(f"ONNX Runtime cannot load {path} ({_first_line(err)}): is it an "
-                             "ONNX model written by export_onnx?") from None
+    _require("onnxruntime")
+    return onnxruntime_session(path, optimization)
 
 
 def _require(module: str):

@@ -84,18 +84,41 @@ def _litert_predictions(path, images: torch.Tensor) -> np.ndarray:
     return np.asarray(predictions)
 
 
-def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100,
-                             optimized: bool = True) -> np.ndarray:
+# ONNX Runtime's graph optimization levels by the names qnnrepair's options use.
+ORT_OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                     "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def onnxruntime_session(path, optimization: str = "all"):
+    """An ONNX Runtime CPU session of `path`: the one way qnnrepair opens a file in ONNX
+    Runtime (the export check and the deployed-file check alike). As many intra-op threads as
+    torch, so a check does not oversubscribe a shared machine; warnings off."""
     try:
         import onnxruntime as ort
     except ImportError:
-        raise QnnRepairError("checking an ONNX file needs ONNX Runtime: pip install "
+        raise QnnRepairError("running an ONNX file needs ONNX Runtime: pip install "
                              "'qnnrepair[export]'") from None
+    if optimization not in ORT_OPTIMIZATIONS:
+        raise QnnRepairError(f"unknown ONNX Runtime optimization {optimization!r}: use one of "
+                             f"{', '.join(ORT_OPTIMIZATIONS)}")
+    if not Path(path).is_file():
+        raise QnnRepairError(f"ONNX file {path} not found")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: not a warning per unused constant
-    if not optimized:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               ORT_OPTIMIZATIONS[optimization])
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 (ORT raises its own types)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise QnnRepairError(f"ONNX Runtime cannot load {path} ({reason})") from None
+
+
+def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100,
+                             optimized: bool = True) -> np.ndarray:
+    session = onnxruntime_session(path, "all" if optimized else "disable")
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     if isinstance(fixed, int) and fixed > 0:  # a file exported for a fixed batch (often 1)
