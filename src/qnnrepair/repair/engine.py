@@ -241,10 +241,9 @@ def _fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.T
 
 def fast_layout(qmodel: QuantizedModel) -> QuantizedModel:
     """A copy of both networks for the passes of a fit, channels-last: CPU convolutions run
-    faster there (ResNet-32 W4A8, 1,000 CIFAR images, one thread: 3.0 -> 2.2 CPU s quantized,
-    2.1 -> 1.8 float; benchmarks/layout_cost.py), with the same values up to float rounding
-    (which can flip a quantized activation's rounding). Works on a
-    QuantizedModel and on a deployed file's model alike (both dataclasses)."""
+    faster there (about a quarter less CPU on ResNet-32), with the same values up to float
+    rounding (which can flip a quantized activation's rounding). Works on a QuantizedModel and
+    on a deployed file's model alike (both dataclasses)."""
     def moved(module: torch.nn.Module) -> torch.nn.Module:
         return copy.deepcopy(module).to(memory_format=torch.channels_last)
 
