@@ -171,8 +171,27 @@ def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Pa
             logger.info("%s has 1,001 outputs: output 0 read as 'background', labels + 1", spec)
     datasets = tuple(_shift_labels(d, label_offset) for d in datasets)
     info = user_model_info(spec, datasets[0], classes, mean, std)
+    _check_simulation(model, to_tensor(datasets[0].images[:2], info.mean, info.std))
     return _workload(spec, model.float_model, info, datasets, n_repair, n_validation, n_test,
                      seed)
+
+
+def _check_simulation(model: DeployedModel, images: torch.Tensor) -> None:
+    """An ONNX file's two graphs against ONNX Runtime, node by node, on two of the user's
+    images (formats.onnx_qdq.check); a .tflite file's simulation matches LiteRT bit for bit
+    by construction and is checked by its tests."""
+    if model.config.format != "onnx-qdq":
+        return
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.warning("ONNX Runtime is not installed: the simulation of %s is not checked "
+                       "against it", model.path)
+        return
+    from qnnrepair.formats.onnx_qdq.check import check_against_runtime
+
+    check_against_runtime(model.float_path, model.float_model, images, quantized=False)
+    check_against_runtime(model.path, model.model, images, quantized=True)
 
 
 def _load_data(data, test_data, validation_data, size=None

@@ -55,3 +55,21 @@ def test_too_small_or_empty_held_out_data_is_refused(tmp_path):
     with pytest.raises(QnnRepairError, match="empty") as err:
         load_dataset(empty, split="test")
     assert "\n" not in str(err.value)
+
+
+def test_small_held_out_data_is_split_in_halves_by_default():
+    import numpy as np
+
+    from qnnrepair.data import Dataset
+    from qnnrepair.data.splits import make_splits
+
+    rng = np.random.default_rng(0)
+    pool = Dataset(rng.integers(0, 256, (50, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 50))
+    held = Dataset(rng.integers(0, 256, (301, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 301))
+    splits = make_splits(pool, held, 20, None)
+    assert (len(splits.validation), len(splits.test)) == (150, 151)
+    big = Dataset(rng.integers(0, 256, (2500, 4, 4, 3), dtype=np.uint8),
+                  rng.integers(0, 3, 2500))
+    splits = make_splits(pool, big, 20, None)
+    assert (len(splits.validation), len(splits.test)) == (1000, 1500)
+    assert len(make_splits(pool, held, 20, 100).validation) == 100  # as given

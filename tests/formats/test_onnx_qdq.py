@@ -352,3 +352,57 @@ def test_resnet20_agrees_with_ort_before_and_after_a_change(tmp_path, per_channe
         print(f"ResNet-20 ({'per channel' if per_channel else 'per tensor'}) {what}: top-1 "
               f"agreement with ORT {agree:.2%} on {len(images)} test images")
         assert agree >= 0.995
+
+
+# --- the check against ONNX Runtime, and graphs as torch.onnx writes them --------------------
+
+
+def test_simulation_passes_its_check_against_ort(pair):
+    from qnnrepair.formats.onnx_qdq.check import check_against_runtime
+
+    model = load_onnx_qdq(*pair)
+    check_against_runtime(pair[0], model.float_model, _images(4), quantized=False)
+    check_against_runtime(pair[1], model.model, _images(4), quantized=True)
+
+
+def test_check_names_the_first_node_the_simulation_gets_wrong(tiny_pair):
+    from qnnrepair.formats.onnx_qdq.check import check_against_runtime
+
+    model = load_onnx_qdq(*tiny_pair)
+    layer = model.model.get_submodule(model.layers[0])
+    layer.padding = (0, 0)  # a misread graph: the first conv without its padding
+    with pytest.raises(QnnRepairError, match=f"node {layer.node_name!r} computes shape"):
+        check_against_runtime(tiny_pair[1], model.model, _images(2), quantized=True)
+
+
+class SharedBias(torch.nn.Module):
+    """Two convolutions with equal biases: torch.onnx stores the bias once and feeds the
+    second conv through an Identity; quantize_static quantizes it on the first conv's grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            self.b.weight.mul_(3.0)  # another weight scale: the shared bias is off its grid
+            self.b.bias.copy_(self.a.bias)
+
+    def forward(self, x):
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_bias_shared_between_layers_is_simulated_and_kept(tmp_path):
+    from qnnrepair.formats.onnx_qdq.check import check_against_runtime
+
+    float_path = export_float(SharedBias().eval(), tmp_path / "shared.onnx")
+    proto = onnx.load(str(float_path))
+    assert any(n.op_type == "Identity" for n in proto.graph.node)  # the exporter's sharing
+    qdq_path = quantize_qdq(float_path, tmp_path / "shared.qdq.onnx", False, example_inputs(64))
+    model = load_onnx_qdq(float_path, qdq_path)
+    check_against_runtime(qdq_path, model.model, _images(4), quantized=True)
+    layers = [model.model.get_submodule(n) for n in model.layers]
+    assert [layer.bias_fixed for layer in layers[:2]] == [True, True]
+    assert not all(layer.bias_on_grid for layer in layers[:2])

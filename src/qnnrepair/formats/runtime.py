@@ -90,9 +90,10 @@ ORT_OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
 
 
 def onnxruntime_session(path, optimization: str = "all"):
-    """An ONNX Runtime CPU session of `path`: the one way qnnrepair opens a file in ONNX
-    Runtime (the export check and the deployed-file check alike). As many intra-op threads as
-    torch, so a check does not oversubscribe a shared machine; warnings off."""
+    """An ONNX Runtime CPU session of `path` (a file, or a serialized model as bytes): the one
+    way qnnrepair opens a file in ONNX Runtime (the export check and the deployed-file checks
+    alike). As many intra-op threads as torch, so a check does not oversubscribe a shared
+    machine; warnings off."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -101,7 +102,7 @@ def onnxruntime_session(path, optimization: str = "all"):
     if optimization not in ORT_OPTIMIZATIONS:
         raise QnnRepairError(f"unknown ONNX Runtime optimization {optimization!r}: use one of "
                              f"{', '.join(ORT_OPTIMIZATIONS)}")
-    if not Path(path).is_file():
+    if not isinstance(path, bytes) and not Path(path).is_file():
         raise QnnRepairError(f"ONNX file {path} not found")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: not a warning per unused constant
@@ -110,10 +111,12 @@ def onnxruntime_session(path, optimization: str = "all"):
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        source = path if isinstance(path, bytes) else str(path)
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 (ORT raises its own types)
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise QnnRepairError(f"ONNX Runtime cannot load {path} ({reason})") from None
+        what = "the model" if isinstance(path, bytes) else path
+        raise QnnRepairError(f"ONNX Runtime cannot load {what} ({reason})") from None
 
 
 def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100,

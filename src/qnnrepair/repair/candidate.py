@@ -315,6 +315,8 @@ def apply_result(qmodel: QuantizedModel, name: str, indices: list[int],
         d = torch.from_numpy(delta_w[row]).reshape(layer.weight_int[c].shape)
         new = torch.clamp(layer.weight_int[c].long() + d, *grid(layer))
         bias_steps = int(round(delta_b[row] / layer.bias_scale()[c].item()))
+        if getattr(layer, "bias_fixed", False):  # a bias another layer of the file reads too
+            bias_steps = 0
         applied = new - layer.weight_int[c].long()
         if not applied.any() and bias_steps == 0:
             continue

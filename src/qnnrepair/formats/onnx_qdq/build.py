@@ -102,6 +102,10 @@ class GraphBuilder:
         for name, value in zip(node.outputs, values):
             self.consts[name] = np.asarray(value)
 
+    def _readers(self, name: str) -> int:
+        """How many weighted nodes of the file read the value `name` (Identity read through)."""
+        return sum(name in n.inputs for n in self.source.nodes if n.op_type in WEIGHTED_OPS)
+
     def _unique(self, key: str) -> str:
         base, n = key, 1
         while key in self.graph.nodes:
@@ -321,6 +325,8 @@ class GraphBuilder:
             layer = QDQLinear(**common)
         layer.weight_initializer = w.initializer
         layer.bias_initializer = self.dq[bias_name].initializer if bias_name else None
+        # A bias the exporter shares between layers: a repair of one may not move the other's.
+        layer.bias_fixed = bias_name is not None and self._readers(bias_name) > 1
         layer.weight_transposed = transposed
         layer.node_name = node.name
         return layer

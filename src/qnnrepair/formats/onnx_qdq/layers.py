@@ -38,6 +38,13 @@ class _QDQLayer(DeployedLayer):
         super().__init__(weight_int, weight_scale, weight_zero_point, bias_int, input_scale,
                          input_zero_point, act_range, weight_range, per_channel, **geometry)
         self.register_buffer("file_bias_scale", bias_scale.to(torch.float32))
+        # A bias on the accumulator's grid s_w * s_x (what quantize_static writes) is added to
+        # the integer sum; one on another grid (a bias the exporter shares between layers,
+        # quantized once for the first of them) is added in real units.
+        accumulator_scale = (weight_scale.double() * float(input_scale)).float()
+        self.bias_on_grid = bool(torch.allclose(self.file_bias_scale, accumulator_scale,
+                                                rtol=1e-5, atol=0.0))
+        self.bias_fixed = False  # set by the builder when the file shares the bias initializer
         self.symmetric = symmetric
         # Where the integers live in the file (set by the graph builder; the writer's targets).
         self.weight_initializer: str = ""
@@ -63,7 +70,14 @@ class _QDQLayer(DeployedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation in real units, float32 (what ONNX Runtime's float Conv / Gemm
         computes from the dequantized operands)."""
-        return super().forward(x).float()
+        if self.bias_on_grid:
+            return super().forward(x).float()
+        dtype = self.accumulator_dtype()
+        acc = self._op(self.input_int(x).to(dtype), self.weight_int.to(dtype)).double()
+        shape = self._channel_shape()
+        scale = (self.weight_scale.double() * self.input_scale.double()).reshape(shape)
+        bias = (self.bias_int.double() * self.file_bias_scale.double()).reshape(shape)
+        return (acc * scale + bias).float()
 
 
 class QDQConv2d(_QDQLayer, DeployedConv2d):
