@@ -60,8 +60,8 @@ FILES = {"quant": "mobilenet_v2_1.0_224_quant.tflite",
          "ptq": "tf2_mobilenet_v2_1.0_224_ptq.tflite"}
 SETTINGS = ("own", "ort", "w4a8", "w8a8-pt")
 DEPLOYED_SETTINGS = ("own", "ort")  # a file as deployed: its runtime's numbers too
-METHODS = ("file", "qnnrepair", "rtn", "bias_correction", "squant", "adaround",
-           "adaround+qnnrepair")  # "file" (the file as it is) only in the setting "own"
+METHODS = ("file", "qnnrepair", "rtn", "bias_correction", "dfq", "gptq", "squant", "adaround",
+           "gptq+qnnrepair", "adaround+qnnrepair")  # "file" (the file as it is) only in the setting "own"
 SPLITS = ("repair", "validation", "test")
 
 
@@ -208,6 +208,8 @@ def _requantized(work, setting: str, args) -> list[dict]:
     config = BenchConfig(methods=tuple(m for m in args.methods if "+" not in m),
                          on_top=(), adaround_iters=args.adaround_iters,
                          baseline_params={"bias_correction": {"max_images": args.bc_images},
+                                          "dfq": {"max_images": args.bc_images},
+                                          "gptq": {"max_images": args.adaround_images},
                                           "adaround": {"max_images": args.adaround_images}})
     with Clock() as clock:
         rtn = quantize(work.model, QuantConfig.from_setting(setting), work.images("repair"),
