@@ -1,4 +1,4 @@
-"""Issue 13's bench targets, checked on the rows of bench JSON files (one file or several seeds).
+"""The bench targets, checked on the rows of bench JSON files (one file or several seeds).
 
     python benchmarks/bench_targets.py benchmarks/results/bench-resnet20-s*.json \
         benchmarks/results/bench-resnet32-s0.json [--output benchmarks/results/bench-targets.md]
@@ -79,7 +79,7 @@ def main() -> None:
     print(text, end="")
     if args.output:
         args.output.write_text(
-            "# Issue 13's bench targets\n\n" + __doc__.split("\n\n", 2)[2].strip() + "\n\n"
+            "# Bench targets\n\n" + __doc__.split("\n\n", 2)[2].strip() + "\n\n"
             "Command: `python benchmarks/bench_targets.py "
             + " ".join(str(p) for p in args.json) + f" --output {args.output}`\n\n" + text)
 

@@ -24,7 +24,7 @@ from qnnrepair.evaluation import accuracy
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
 
-OLD = {"metric": "ochiai", "criterion": "accuracy", "min_gain": 0.0}  # issue 12's default
+OLD = {"metric": "ochiai", "criterion": "accuracy", "min_gain": 0.0}  # the default before the gradient blame
 CONFIGS = {
     "ochiai-geometric-accuracy (old default)": OLD,
     "ochiai-geometric-kl": {"metric": "ochiai"},
@@ -48,7 +48,7 @@ CONFIGS = {
     "gradient-geometric-kl-all-rows64-growth8-images512": {
         "metric": "gradient", "patience": None, "hidden_rows": 64, "growth": 8,
         "summary_pixels": 2**19},
-    "default": {},  # session 11's default: gradient, geometric x8, KL, every candidate, 64 rows
+    "default": {},  # the default: gradient, geometric x8, KL, every candidate, 64 rows
     "default-offset": {"count_offset": True},
     "default-grid": {"weight_domain": "grid"},
 }

@@ -1,4 +1,4 @@
-"""Quantizer accuracy table (issue 2): CIFAR-10 test accuracy of the shared ResNet checkpoints,
+"""Quantizer accuracy table: CIFAR-10 test accuracy of the shared ResNet checkpoints,
 float and quantized at several settings, per-channel and per-tensor weights, max-abs and MSE
 weight clipping.
 

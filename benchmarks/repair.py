@@ -1,4 +1,4 @@
-"""Repair benchmark (issue 3): ResNet-20 at low bit widths, every metric, default vs paper preset,
+"""Repair benchmark: ResNet-20 at low bit widths, every metric, default vs paper preset,
 with empirical bias correction as the cheap reference.
 
     python benchmarks/repair.py                       # full run, resumes if interrupted

@@ -161,7 +161,7 @@ def render(rows: list[dict], m: dict) -> None:
                  "(the same set for every metric). R = 1,000 training images (also the "
                  "calibration set); T = the test images not drawn for validation. Per-channel "
                  "weights, first and last layer at 8 bits; no validation guard, so a ranking "
-                 "that picks harmful neurons shows as a loss. Targets (issue 13): at 5 % and "
+                 "that picks harmful neurons shows as a loss. Targets: at 5 % and "
                  "10 % at least twice Random's mean gain; at 10 % at least half of 'all'.")
     if any(r.get("command") for r in rows):
         out[4:5] = commands(rows, f"rows that carry no command: `{m['command']}`",

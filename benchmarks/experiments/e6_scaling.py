@@ -164,7 +164,7 @@ def render(name: str, rows: list[dict], m: dict) -> None:
         "One default repair per row, each in a fresh process. Quantization per model as in "
         "the setting column (per-channel weights, first and last layer at 8 bits, activations "
         f"min-max calibrated on R). V = {m['n_validation']} images drawn from the test file, "
-        f"T = {m['n_test'] or 'the other'} test images (accuracies in %; rows before issue 13 "
+        f"T = {m['n_test'] or 'the other'} test images (accuracies in %; rows before held-out validation "
         "drew V from the training images and tested on all 10,000). Peak: the larger "
         "of ru_maxrss of the process and of its largest finished LP worker, in MiB (the "
         "biggest single process, including the loaded data set and the models); 'before' is "

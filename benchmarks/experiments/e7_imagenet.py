@@ -281,7 +281,7 @@ def render(rows: list[dict], m: dict, name: str) -> None:
             f"({m['adaround_iters']} iterations per layer, batches of 32) on "
             f"{m.get('adaround_images', 'all')} images of R, both spread evenly over R: "
             "each runs the model up to every layer on each of its images. Rows without a "
-            "revision are from before it was kept (session 6, other code).")
+            "revision are from before it was kept (an earlier revision, other code).")
     lines = header("E7: MobileNetV2 on ImageNet (the seed's experiment)", m, what)
     lines[4:5] = commands(rows, EARLIER)
     blocks: dict[tuple, list[dict]] = {}
@@ -312,10 +312,10 @@ def render(rows: list[dict], m: dict, name: str) -> None:
     write(name, "\n".join(lines) + "\n", lambda plt: _plot(plt, blocks))
 
 
-# Rows from before each row kept its command (sessions 6 and 7), as the notes of those runs say.
+# Rows from before each row kept its command, as the notes of those runs say.
 EARLIER = ("rows that carry no command were made by `python e7_imagenet.py --files quant ptq "
            "--settings own --methods file` and `--files quant --settings w4a8 --methods squant` "
-           "(session 6), `--files quant --settings w4a8 --methods bias_correction qnnrepair "
+           "(an earlier revision), `--files quant --settings w4a8 --methods bias_correction qnnrepair "
            "--redo` (74ed639) and `--methods rtn --redo` (f96b2bf)")
 
 
