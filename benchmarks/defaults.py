@@ -24,7 +24,8 @@ from qnnrepair.evaluation import accuracy
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
 
-OLD = {"metric": "ochiai", "criterion": "accuracy", "min_gain": 0.0}  # the default before the gradient blame
+# the default before the gradient blame
+OLD = {"metric": "ochiai", "criterion": "accuracy", "min_gain": 0.0}
 CONFIGS = {
     "ochiai-geometric-accuracy (old default)": OLD,
     "ochiai-geometric-kl": {"metric": "ochiai"},

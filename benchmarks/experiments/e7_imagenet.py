@@ -60,8 +60,9 @@ FILES = {"quant": "mobilenet_v2_1.0_224_quant.tflite",
          "ptq": "tf2_mobilenet_v2_1.0_224_ptq.tflite"}
 SETTINGS = ("own", "ort", "w4a8", "w8a8-pt")
 DEPLOYED_SETTINGS = ("own", "ort")  # a file as deployed: its runtime's numbers too
+# "file" (the file as it is) only in the setting "own"
 METHODS = ("file", "qnnrepair", "rtn", "bias_correction", "dfq", "gptq", "squant", "adaround",
-           "gptq+qnnrepair", "adaround+qnnrepair")  # "file" (the file as it is) only in the setting "own"
+           "gptq+qnnrepair", "adaround+qnnrepair")
 SPLITS = ("repair", "validation", "test")
 
 
@@ -315,7 +316,8 @@ def render(rows: list[dict], m: dict, name: str) -> None:
 # Rows from before each row kept its command, as the notes of those runs say.
 EARLIER = ("rows that carry no command were made by `python e7_imagenet.py --files quant ptq "
            "--settings own --methods file` and `--files quant --settings w4a8 --methods squant` "
-           "(an earlier revision), `--files quant --settings w4a8 --methods bias_correction qnnrepair "
+           "(an earlier revision), `--files quant --settings w4a8 --methods bias_correction "
+           "qnnrepair "
            "--redo` (74ed639) and `--methods rtn --redo` (f96b2bf)")
 
 
