@@ -48,9 +48,12 @@ from qnnrepair.repair.lp.ray_backend import (
 THROUGHPUT_NEURONS = {"layer1.2.conv1": 16, "layer2.2.conv1": 32, "layer3.2.conv1": 32}
 NODE_CPUS = {1: [2], 2: [1, 1], 4: [1, 1, 1, 1]}
 CORES_PER_NODE, BANDWIDTH_BPS = 16, 1.25e9  # paper estimate: 16-core nodes on 10 Gb/s Ethernet
-HIDDEN_ROWS = 256  # LPConfig.hidden_rows: at most this many rows in a hidden neuron's LP
+# The current default's settings, read from it: at most this many rows in a hidden neuron's LP,
+# and the geometric schedule's growth g, whose candidate sizes sum to at most g / (g - 1) x all.
+_DEFAULT = preset("default")
+HIDDEN_ROWS = _DEFAULT.lp.hidden_rows
 SYNTHETIC_SIZES = (576, 1152, 2304, 4608)
-SCHEDULE_FACTOR = 4 / 3  # geometric schedule, growth 4: sum of candidate sizes <= 4/3 x all
+SCHEDULE_FACTOR = _DEFAULT.acceptance.growth / (_DEFAULT.acceptance.growth - 1)
 
 
 class Recorder:
@@ -175,8 +178,8 @@ def mobilenetv2_layers() -> list[tuple[str, int, int]]:
 
 
 def synthetic_problem(j: int, seed: int = 0) -> NeuronProblem:
-    """A "match" LP with J weights and 256 rows like a summary's (random directions, decaying
-    scales), weights free between floor and ceiling, default time limit: to see how the LP's
+    """A "match" LP with J weights and HIDDEN_ROWS rows like a summary's (random directions,
+    decaying scales), weights free between floor and ceiling, default time limit: to see how the LP's
     time grows past the largest fan-in ResNet-20 has (576)."""
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=(HIDDEN_ROWS, j)) * np.linspace(1, 0.05, HIDDEN_ROWS)[:, None] * 0.05
@@ -346,8 +349,8 @@ def render(args, rows, sizes, seconds, synthetic, calls, call_bytes, per_problem
     for j in sorted(set(sizes.tolist())):
         s = seconds[sizes == j]
         lines.append(f"| {j} | {len(s)} | {s.mean():.3f} | {s.min():.3f} | {s.max():.3f} |")
-    lines += ["", "Synthetic \"match\" LPs with 256 rows (random summary-like rows), for the "
-              "growth past J = 576:", "", "| weights J | seconds |", "|---:|---:|"]
+    lines += ["", f"Synthetic \"match\" LPs with {HIDDEN_ROWS} rows (random summary-like "
+              "rows), for the growth past J = 576:", "", "| weights J | seconds |", "|---:|---:|"]
     lines += [f"| {j} | {t:.3f} |" for j, t in synthetic.items()]
     lp_seconds = lp_time_model(sizes, seconds, synthetic)
     lines.append("")
@@ -403,8 +406,8 @@ def render(args, rows, sizes, seconds, synthetic, calls, call_bytes, per_problem
     ray_rows = [r for r in rows if "slice_in_flight_ms" in r]
     overhead_s = max((r["slice_in_flight_ms"] for r in ray_rows), default=5.0) / 1e3
     lines += ["", "## Paper estimate: ImageNet models on 16-core nodes", "",
-              "Assumptions: every hidden neuron gets one LP of its own weights J plus 256 "
-              "summary rows (the default hidden_rows, the same whatever the input size, so "
+              "Assumptions: every hidden neuron gets one LP of its own weights J plus "
+              f"{HIDDEN_ROWS} summary rows (the default hidden_rows, the same whatever the input size, so "
               "ImageNet inputs change the LP only through J); LP time per J from the real LPs "
               f"above up to J = {sizes.max()}, scaled past it as the synthetic LPs grow, capped "
               f"at the LPs' {LPConfig().time_limit:g} s time limit (the large layers are the "
