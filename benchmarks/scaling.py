@@ -179,7 +179,8 @@ def mobilenetv2_layers() -> list[tuple[str, int, int]]:
 
 def synthetic_problem(j: int, seed: int = 0) -> NeuronProblem:
     """A "match" LP with J weights and HIDDEN_ROWS rows like a summary's (random directions,
-    decaying scales), weights free between floor and ceiling, default time limit: to see how the LP's
+    decaying scales), weights free between floor and ceiling, default time limit: to see how the
+    LP's
     time grows past the largest fan-in ResNet-20 has (576)."""
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=(HIDDEN_ROWS, j)) * np.linspace(1, 0.05, HIDDEN_ROWS)[:, None] * 0.05
@@ -407,7 +408,8 @@ def render(args, rows, sizes, seconds, synthetic, calls, call_bytes, per_problem
     overhead_s = max((r["slice_in_flight_ms"] for r in ray_rows), default=5.0) / 1e3
     lines += ["", "## Paper estimate: ImageNet models on 16-core nodes", "",
               "Assumptions: every hidden neuron gets one LP of its own weights J plus "
-              f"{HIDDEN_ROWS} summary rows (the default hidden_rows, the same whatever the input size, so "
+              f"{HIDDEN_ROWS} summary rows (the default hidden_rows, the same whatever the input "
+              "size, so "
               "ImageNet inputs change the LP only through J); LP time per J from the real LPs "
               f"above up to J = {sizes.max()}, scaled past it as the synthetic LPs grow, capped "
               f"at the LPs' {LPConfig().time_limit:g} s time limit (the large layers are the "
