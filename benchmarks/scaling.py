@@ -180,8 +180,7 @@ def mobilenetv2_layers() -> list[tuple[str, int, int]]:
 def synthetic_problem(j: int, seed: int = 0) -> NeuronProblem:
     """A "match" LP with J weights and HIDDEN_ROWS rows like a summary's (random directions,
     decaying scales), weights free between floor and ceiling, default time limit: to see how the
-    LP's
-    time grows past the largest fan-in ResNet-20 has (576)."""
+    LP's time grows past the largest fan-in ResNet-20 has (576)."""
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=(HIDDEN_ROWS, j)) * np.linspace(1, 0.05, HIDDEN_ROWS)[:, None] * 0.05
     weight = rng.integers(-3, 4, j)
