@@ -83,9 +83,15 @@ def probe_classes(model: nn.Module, model_spec: str, data: Dataset,
     """Run a user's model on one image: its output size is the class count."""
     info = user_model_info(model_spec, data, 1, mean, std)
     images = to_tensor(data.images[:1], info.mean, info.std)
-    check_output(model.eval(), images)  # one line for a crash or a tuple / dict output
-    with torch.no_grad():
-        logits = model(images)
+    try:
+        with torch.no_grad():
+            logits = model.eval()(images)
+    except Exception as err:  # noqa: BLE001 (whatever the user's forward raises)
+        raise QnnRepairError(f"model {model_spec} fails on images of shape "
+                             f"{'x'.join(map(str, data.images.shape[1:]))}: "
+                             f"{(str(err).splitlines() or [''])[0][:160]}; give images the model "
+                             "accepts (--resize / --crop for image folders)") from None
+    check_output(model, images)  # a tuple or dict output: one line
     if logits.dim() != 2:
         raise QnnRepairError(f"model {model_spec} returns shape {tuple(logits.shape)}, "
                              "expected logits (batch, classes)")

@@ -24,7 +24,7 @@ from qnnrepair.cli.commands import (
     cmd_repair,
     cmd_train,
 )
-from qnnrepair.cli.options import add_data, add_norm, add_quant, add_repair
+from qnnrepair.cli.options import add_data, add_norm, add_quant, add_repair, add_size
 from qnnrepair.errors import QnnRepairError
 
 logger = logging.getLogger("qnnrepair")
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="training-split data (R and V)")
     p.add_argument("--test-data", type=Path, help="test data")
     p.add_argument("--settings", nargs="+", help="default: w8a8 w4a8 w3a8 w4a4")
+    add_size(p)
     p.add_argument("--n-repair", type=int, default=1000)
     p.add_argument("--n-validation", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=None)
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "--output", dest="out", type=Path,
                    help="weights file to write (state dict); the log goes beside it as "
                    "NAME.log.jsonl")
+    add_size(p)
     p.add_argument("--epochs", type=int, default=30, help="default 30 (small models on a CPU)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05, help="peak one-cycle learning rate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from qnnrepair.cli.options import norm_note
+from qnnrepair.cli.options import image_size, norm_note
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.fileio import check_output_folder
 
@@ -53,7 +53,8 @@ def cmd_bench(args) -> int:
              "wall_s": 0.0, "done": []}
     workloads = [(model, partial(prepare, model, weights, args.data, args.test_data,
                                  n_repair=args.n_repair, n_validation=args.n_validation,
-                                 n_test=n_test, seed=args.seed, mean=args.mean, std=args.std))
+                                 n_test=n_test, seed=args.seed, mean=args.mean, std=args.std,
+                                 size=image_size(args)))
                  for model, weights in models]
     for model, _ in models:
         norm_note(model, args)

@@ -7,7 +7,13 @@ import os
 import sys
 import time
 
-from qnnrepair.cli.options import quantized_of, repair_config, sidecar, workload_of
+from qnnrepair.cli.options import (
+    image_size,
+    quantized_of,
+    repair_config,
+    sidecar,
+    workload_of,
+)
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.fileio import check_output_folder
 
@@ -202,11 +208,15 @@ def cmd_train(args) -> int:
     check_output_folder(args.out)
     if args.device.startswith("cuda"):  # before torch starts CUDA: cuBLAS reads it then
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    from qnnrepair.data import load_dataset
     from qnnrepair.training import TrainConfig, log_path, save_trained, train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed, device=args.device)
-    result = train(args.model, args.train, args.test, config, num_classes=args.num_classes,
+    size = image_size(args)
+    data = [load_dataset(path, split, size) if size else path
+            for path, split in ((args.train, "train"), (args.test, "test"))]
+    result = train(args.model, *data, config, num_classes=args.num_classes,
                    show_progress=args.progress)
     save_trained(result, args.out)
     print(f"{args.model}: {config.epochs} epochs on {result.n_train} images, final test "

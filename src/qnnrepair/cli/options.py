@@ -32,10 +32,7 @@ def add_data(p: argparse.ArgumentParser) -> None:
                    "drawn from it, disjointly (default: the rest of --data)")
     g.add_argument("--validation-data", type=Path, help="validation data of its own (default: "
                    "drawn from --test-data, else from --data with a warning)")
-    g.add_argument("--resize", type=int, metavar="N", help="resize every image so that its "
-                   "shorter side is N pixels (bilinear), as it is loaded (default: as stored)")
-    g.add_argument("--crop", type=int, metavar="M", help="then keep the centre M x M square "
-                   "(with --resize 256 --crop 224: the ImageNet evaluation convention)")
+    add_size(g)
     g.add_argument("--n-repair", type=int, default=1000, help="repair-set size (default 1000)")
     g.add_argument("--n-validation", type=int, default=None,
                    help="validation-set size (default 1000, or half the held-out data when "
@@ -43,6 +40,13 @@ def add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-test", type=int, default=None, help="test-set size (default: all)")
     g.add_argument("--num-classes", type=int, default=10)
     g.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and ties")
+
+
+def add_size(g) -> None:
+    g.add_argument("--resize", type=int, metavar="N", help="resize every image so that its "
+                   "shorter side is N pixels (bilinear), as it is loaded (default: as stored)")
+    g.add_argument("--crop", type=int, metavar="M", help="then keep the centre M x M square "
+                   "(with --resize 256 --crop 224: the ImageNet evaluation convention)")
 
 
 def add_norm(g) -> None:
