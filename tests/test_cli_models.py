@@ -141,3 +141,19 @@ def test_localize_prints_and_writes_the_per_layer_table(task, capsys):
     assert "per layer, on 30 validation images" in out
     report = json.loads((task / "r.report.json").read_text())
     assert report["layer_costs"]["n_images"] == 30
+
+
+def test_same_inputs_and_seed_give_the_same_file_bytes(task, capsys):
+    """Two repairs of the same model on the same data and seed write identical .qnn files, and
+    two exports of it identical .onnx files (no temporary name or time inside them)."""
+    pytest.importorskip("onnx")
+    argv = ["repair", "--model", "user_models.py:inplace", "--data", "data.npz", *SIZES,
+            "--setting", "w3a4", "--workers", "1"]
+    for name in ("a", "b"):
+        code, _, err = run(capsys, *argv, "--output", f"{name}.qnn")
+        assert code == 0, err
+        code, _, err = run(capsys, "export", "--quantized", f"{name}.qnn", "--data",
+                           "data.npz", *SIZES, "--output", f"{name}.onnx")
+        assert code == 0, err
+    assert _digest(task / "a.qnn") == _digest(task / "b.qnn")
+    assert _digest(task / "a.onnx") == _digest(task / "b.onnx")
