@@ -183,10 +183,21 @@ def prepare_deployed(model: DeployedModel, data: str | Path, test_data: str | Pa
 
 
 def _check_simulation(model: DeployedModel, images: torch.Tensor) -> None:
-    """An ONNX file's two graphs against ONNX Runtime, node by node, on two of the user's
-    images (formats.onnx_qdq.check); a .tflite file's simulation matches LiteRT bit for bit
-    by construction and is checked by its tests."""
-    if model.config.format != "onnx-qdq":
+    """The simulation against the file's runtime before any repair, on the user's images: a
+    .tflite file's integers tensor by tensor against LiteRT (formats.tflite.check), an ONNX
+    file's two graphs node by node against ONNX Runtime (formats.onnx_qdq.check)."""
+    if model.config.format == "tflite":
+        try:
+            from qnnrepair.formats.tflite.check import check_against_litert
+        except ImportError:
+            return
+        try:
+            import ai_edge_litert  # noqa: F401
+        except ImportError:
+            logger.warning("LiteRT is not installed: the simulation of %s is not checked "
+                           "against it", model.path)
+            return
+        check_against_litert(model.path, model.model, images)
         return
     try:
         import onnxruntime  # noqa: F401

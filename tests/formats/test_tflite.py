@@ -252,3 +252,18 @@ def test_mobilenet_write_changes_only_the_head(tmp_path):
     want = litert_outputs(out, pixels)
     assert (want.argmax(1) == 208).all()
     assert np.array_equal(stored_output(out, simulated(model.model, pixels)), want)
+
+
+def test_check_against_litert_passes_and_names_a_wrong_tensor(tiny_file):
+    from qnnrepair.errors import QnnRepairError
+    from qnnrepair.formats.tflite.check import check_against_litert
+
+    model = load_tflite(tiny_file)
+    pixels = torch.from_numpy(random_pixels(2)).permute(0, 3, 1, 2).float()
+    check_against_litert(tiny_file, model.model, pixels)
+    layer = model.layer(model.layers[1])
+    layer.bias_int += 1000  # the simulation no longer computes the file's integers
+    op_index = int(model.layers[1].split(".")[1])
+    name = model.model.names[op_index]
+    with pytest.raises(QnnRepairError, match=f"tensor {name!r} has .* integers other than"):
+        check_against_litert(tiny_file, model.model, pixels)
