@@ -99,7 +99,9 @@ def render(results: dict) -> str:
         "- **onnx**: W8A8 exported as ONNX QDQ and run in ONNX Runtime; top-1 agreement "
         "with the simulation.",
         "",
-        "A `refused:` cell is qnnrepair's one-line message; a `crash:` cell would be a bug.",
+        "A `refused:` cell is qnnrepair's one-line message; `not qnnrepair:` a failure of "
+        "torch.onnx or ONNX Runtime's quantizer before qnnrepair sees a file; a `crash:` cell "
+        "would be a bug of qnnrepair.",
         "",
         "| architecture | " + " | ".join(STEPS) + " | total s |",
         "|---|" + "---|" * (len(STEPS) + 1),

@@ -176,6 +176,9 @@ def _step(row: dict, step: str, run: Callable, show: Callable):
     start = time.perf_counter()
     try:
         value = run()
+    except OutsideFailure as err:
+        row[step] = f"not qnnrepair: {err}"
+        return None
     except QnnRepairError as err:
         row[step] = f"refused: {err}"
         return None
@@ -235,7 +238,8 @@ def check_onnx_files(model: nn.Module, images: torch.Tensor, exporter: str, *,
     row: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         float_path = Path(folder, "model.onnx")
-        exported = _step(row, "export", lambda: _export(model, images[:1], float_path, exporter),
+        exported = _step(row, "export", lambda: _outside("torch.onnx.export", _export, model,
+                                                         images[:1], float_path, exporter),
                          lambda _: "ok")
         if exported is None and not float_path.exists():
             for step in QDQ_STEPS[1:]:
@@ -246,6 +250,19 @@ def check_onnx_files(model: nn.Module, images: torch.Tensor, exporter: str, *,
             _step(row, step, lambda s=step, q=qdq_path: _qdq_round_trip(
                 float_path, q, images, s == "per-channel", repair_neurons, seed), str)
     return row
+
+
+class OutsideFailure(QnnRepairError):
+    """A step of another tool (the exporter, ONNX Runtime's quantizer) failed: not qnnrepair's
+    refusal nor its crash, and the table says so."""
+
+
+def _outside(tool: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 (whatever the other tool raises)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:140]
+        raise OutsideFailure(f"{tool} fails: {type(err).__name__}: {first}") from None
 
 
 def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> bool:
@@ -284,9 +301,9 @@ def _qdq_round_trip(float_path: Path, qdq_path: Path, images: torch.Tensor, per_
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
+    _outside("quantize_static", quantize_static, str(float_path), str(qdq_path), Reader(),
+             quant_format=QuantFormat.QDQ, per_channel=per_channel,
+             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     deployed = load_deployed(qdq_path, float_path)
     with torch.no_grad():
         labels = deployed.float_model(images).argmax(1)

@@ -117,7 +117,11 @@ def load_onnx_qdq(float_path: str | Path, qdq_path: str | Path) -> OnnxQDQModel:
         raise QnnRepairError(f"{float_path} holds QuantizeLinear/DequantizeLinear nodes: pass "
                              "the float model the QDQ model was quantized from")
     model = OnnxGraph(qdq)
-    layers = model.quantized_layer_names()
+    # A layer whose weight integers the file does not hold as an initializer (quantize_static
+    # quantizes a weight the exporter shares between layers at run time, QuantizeLinear of the
+    # float weight) is simulated but not repaired: its integers could not be written back.
+    layers = [n for n in model.quantized_layer_names()
+              if model.get_submodule(n).weight_initializer in qdq.initializers]
     if not layers:
         raise QnnRepairError(f"{qdq_path} has no Conv/Gemm/MatMul with quantized weights: "
                              "quantize it with quantize_static (QuantFormat.QDQ)")

@@ -27,7 +27,8 @@ def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
 
     original_path, out_path = check_output(original_qdq_path, out_path)
     graph = model.model if isinstance(model, OnnxQDQModel) else model
-    layers = [n for n in graph.layer_names() if isinstance(graph.get_submodule(n), QDQ_LAYERS)]
+    layers = (list(model.layers) if isinstance(model, OnnxQDQModel) else
+              [n for n in graph.layer_names() if isinstance(graph.get_submodule(n), QDQ_LAYERS)])
     if not layers:
         raise QnnRepairError("the model has no quantized layers (a float reference?): write the "
                              "quantized model")
