@@ -287,10 +287,14 @@ def build_report(workload: Workload, quantized: QuantizedModel, repairer: Repair
                  timings: dict[str, float]) -> RepairReport:
     models = {"float": quantized.float_model, "quantized": quantized.model,
               "repaired": repairer.repaired_.model}
+    unchanged = not repairer.changes_  # the repaired model is the quantized one: scored once
     preds = {}
     for split in SPLIT_NAMES:
         images = workload.images(split)  # T is normalized on each call: once here
-        preds.update({(split, name): predict(m, images) for name, m in models.items()})
+        preds.update({(split, name): predict(m, images) for name, m in models.items()
+                      if not (unchanged and name == "repaired")})
+        if unchanged:
+            preds[split, "repaired"] = preds[split, "quantized"]
     acc = {split: {name: 100.0 * (preds[split, name] == workload.labels(split)).double()
                    .mean().item() for name in models} for split in SPLIT_NAMES}
     per_class = {name: per_class_accuracy(preds["test", name], workload.labels("test"),

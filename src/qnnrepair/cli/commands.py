@@ -163,12 +163,16 @@ def cmd_repair(args) -> int:
 def _runtime_lines(repaired_path, original_path, result, workload) -> str:
     """The test split through the file's own runtime, before and after the repair; a note
     instead when the runtime is not installed (the repair itself does not need it)."""
-    from qnnrepair.formats.runtime import check_runtime
+    from qnnrepair.formats.runtime import check_runtime, simulated_predictions
 
     images, labels = workload.images("test"), workload.labels("test")
     try:
-        before = check_runtime(original_path, result.quantized.model, images, labels)
-        after = check_runtime(repaired_path, result.repaired.model, images, labels)
+        simulated = simulated_predictions(result.quantized.model, images)
+        before = check_runtime(original_path, result.quantized.model, images, labels,
+                               simulated=simulated)
+        unchanged = not result.repairer.changes_  # the same simulation: not run again
+        after = check_runtime(repaired_path, result.repaired.model, images, labels,
+                              simulated=simulated if unchanged else None)
     except QnnRepairError as err:
         return f"not checked in the runtime: {err}"
     return f"test, input file:    {before}\ntest, repaired file: {after}"
