@@ -41,7 +41,13 @@ def main() -> None:
              f"Each table: {TOP} layers that recover the most when left alone in float, of "
              "every quantized layer; accuracy in % on the validation images, KL = mean "
              "KL(float || model). `qnnrepair localize --quantized FILE ... --layer-images N` "
-             "prints the same table for any file.", ""]
+             "prints the same table for any file. For a `.tflite` file the float reference "
+             "holds the file's own (dequantized) weights, so a layer alone in float computes "
+             "what it computed quantized: its input is already on its grid and its weights are "
+             "the same; the file's losses are the activation roundings between layers, which "
+             "this swap does not remove. There the 'alone float' column reads the quantized "
+             "model's numbers, and the blame share and the 'alone quantized' column (the float "
+             "model with that layer's rounding) are the ones that tell layers apart.", ""]
     imagenet = args.shared / "data" / "imagenet"
     for name in ("mobilenet_v2_1.0_224_quant.tflite", "tf2_mobilenet_v2_1.0_224_ptq.tflite"):
         model = load_deployed(args.shared / "models" / "imagenet" / name)

@@ -13,6 +13,12 @@ quantized model's accuracy: the points that leaving L in float gives back, the a
 accuracy control and AIMET's per-layer analysis give by the same experiment. One pass over
 the images per layer and variant; a layer is swapped by a forward hook that replaces its output,
 so the same code serves every model kind.
+
+What "alone in float" removes is the layer's own rounding: its weights' (against the float
+twin's) and its input's. In a `.tflite` file's simulation the float twin holds the file's own
+dequantized weights and the input arrives on the layer's grid, so there the swap changes
+nothing; the file's loss is in the activation roundings between layers, and the "alone
+quantized" column (the float reference with that layer's rounding) tells its layers apart.
 """
 
 from __future__ import annotations
