@@ -16,6 +16,7 @@ table in docs/ARCHITECTURES.md from these.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 import traceback
@@ -261,7 +262,8 @@ def _outside(tool: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 (whatever the other tool raises)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:140]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # the exporter's terminal colours
+        first = (text.strip().splitlines() or [type(err).__name__])[0][:140]
         raise OutsideFailure(f"{tool} fails: {type(err).__name__}: {first}") from None
 
 
