@@ -302,3 +302,12 @@ def test_self_check_names_the_layer_whose_quantized_path_differs():
     qmodel.layer("conv2").padding = (0, 0)  # what geometry-only rebuilding got wrong
     with pytest.raises(QnnRepairError, match="layer 'conv2' of the quantized model computes"):
         self_check(net, qmodel.model, qmodel.float_model, qmodel.layers, x)
+
+
+def test_the_users_model_is_left_as_it_was():
+    net = torchvision_style(True).train()  # in train mode, BatchNorm would learn from a pass
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    quantize(net, QuantConfig.from_setting("w8a8"), images())
+    assert net.training
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -133,7 +133,7 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_images: torch.Te
     if len(calibration_images) == 0:
         raise QnnRepairError("calibration set is empty: give at least one image")
     example = calibration_images[:2]
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # the user's model keeps its flags and statistics
     check_output(model, example)
     own_model, kernels = own_kernels(model, example)
     weighted_calls_outside(own_model, example)
