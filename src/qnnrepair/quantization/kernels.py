@@ -47,7 +47,6 @@ class KernelCall:
     """One F.conv2d / F.linear call as a module's forward made it."""
 
     op: str
-    input: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor | None
     geometry: dict  # conv2d: stride, padding, dilation, groups; linear: empty
@@ -88,8 +87,7 @@ class _RecordKernels(TorchFunctionMode):
             geometry = {k: a[k] for k in ("stride", "padding", "dilation", "groups")} \
                 if op == "conv2d" else {}
             bias = None if a["bias"] is None else a["bias"].detach().clone()
-            self.calls.append(KernelCall(op, a["input"].detach(), a["weight"].detach().clone(),
-                                         bias, geometry))
+            self.calls.append(KernelCall(op, a["weight"].detach().clone(), bias, geometry))
         return func(*args, **kwargs)
 
 
@@ -181,11 +179,10 @@ def own_kernels(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, dic
     for name in names:
         if name not in inputs:
             continue  # never runs: left as it is, nothing to quantize in it
-        kernel = _kernel_of(name, modules[name], inputs[name])
+        kernel, specs[name] = _kernel_of(name, modules[name], inputs[name])
         wrapped = OwnForward(modules[name], kernel)
         _check_same(name, modules[name], wrapped, inputs[name])
         _set_module(model, name, wrapped)
-        specs[name] = _spec_of(kernel)
     logger.info("%d modules keep their own forward: %s", len(specs), ", ".join(specs))
     return model, specs
 
@@ -197,7 +194,8 @@ def wrap_kernels(model: nn.Module, specs: dict[str, dict]) -> nn.Module:
     return model
 
 
-def _kernel_of(name: str, module: nn.Module, x: torch.Tensor) -> nn.Module:
+def _kernel_of(name: str, module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict]:
+    """The plain kernel of the module's one kernel call, and its spec."""
     calls = _kernel_calls(module, x)
     if len(calls) != 1:
         raise QnnRepairError(
@@ -211,12 +209,13 @@ def _kernel_of(name: str, module: nn.Module, x: torch.Tensor) -> nn.Module:
         raise QnnRepairError(
             f"module {name!r} ({type(module).__name__}) computes its weight from its input; "
             "qnnrepair quantizes fixed weights only: leave this module out of the model")
-    kernel = kernel_module(call.spec())
+    spec = call.spec()
+    kernel = kernel_module(spec)
     with torch.no_grad():
         kernel.weight.copy_(call.weight)
         if call.bias is not None:
             kernel.bias.copy_(call.bias)
-    return kernel.eval()
+    return kernel.eval(), spec
 
 
 def _kernel_calls(module: nn.Module, x: torch.Tensor) -> list[KernelCall]:
@@ -224,16 +223,6 @@ def _kernel_calls(module: nn.Module, x: torch.Tensor) -> list[KernelCall]:
     with recorder, torch.no_grad():
         module(x)
     return recorder.calls
-
-
-def _spec_of(kernel: nn.Module) -> dict:
-    if isinstance(kernel, nn.Linear):
-        return {"op": "linear", "weight_shape": list(kernel.weight.shape),
-                "bias": kernel.bias is not None}
-    return {"op": "conv2d", "weight_shape": list(kernel.weight.shape),
-            "bias": kernel.bias is not None, "stride": _plain(kernel.stride),
-            "padding": _plain(kernel.padding), "dilation": _plain(kernel.dilation),
-            "groups": kernel.groups}
 
 
 def _check_same(name: str, module: nn.Module, wrapped: OwnForward, x: torch.Tensor) -> None:
