@@ -27,7 +27,7 @@ from qnnrepair.evaluation import per_class_accuracy, predict
 from qnnrepair.formats.model import DeployedModel
 from qnnrepair.models import ModelInfo, load_model, model_info
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize
-from qnnrepair.quantization.checks import check_output
+from qnnrepair.quantization.checks import check_logits
 from qnnrepair.repair import RepairConfig, Repairer
 from qnnrepair.report import RepairReport
 
@@ -91,7 +91,7 @@ def probe_classes(model: nn.Module, model_spec: str, data: Dataset,
                              f"{'x'.join(map(str, data.images.shape[1:]))}: "
                              f"{(str(err).splitlines() or [''])[0][:160]}; give images the model "
                              "accepts (--resize / --crop for image folders)") from None
-    check_output(model, images)  # a tuple or dict output: one line
+    check_logits(logits, len(images))  # a tuple or dict output: one line
     if logits.dim() != 2:
         raise QnnRepairError(f"model {model_spec} returns shape {tuple(logits.shape)}, "
                              "expected logits (batch, classes)")

@@ -13,6 +13,7 @@ a lost forward or a bad fold is caught here, named, before any file is written.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,32 +39,30 @@ def check_output(model: nn.Module, example: torch.Tensor) -> None:
             f"the model fails on images of shape {tuple(example.shape)} "
             f"({type(err).__name__}: {reason}): check that the data fits the model (size, "
             "channels; --resize / --crop for image folders)") from None
+    check_logits(out, len(example))
+
+
+def check_logits(out, n_images: int) -> None:
+    """`out`, a model's output on `n_images` images, is one tensor with a row per image."""
     if not isinstance(out, torch.Tensor):
         raise QnnRepairError(
             f"the model returns a {type(out).__name__}, not a tensor of logits (batch, classes): "
             "wrap it so that forward returns the logits alone")
-    if out.dim() == 0 or out.shape[0] != len(example):
+    if out.dim() == 0 or out.shape[0] != n_images:
         raise QnnRepairError(
-            f"the model returns a tensor of shape {tuple(out.shape)} for {len(example)} images, "
+            f"the model returns a tensor of shape {tuple(out.shape)} for {n_images} images, "
             "not logits (batch, classes): wrap it so that forward returns them")
 
 
-def call_counts(model: nn.Module, names: list[str], example: torch.Tensor) -> None:
-    """Refuse a Conv2d / Linear that runs more than once per forward (shared weights)."""
-    counts = dict.fromkeys(names, 0)
-    modules = {n: model.get_submodule(n) for n in names}
-    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: counts.__setitem__(n, counts[n] + 1))
-               for n, m in modules.items()]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    shared = [n for n, c in counts.items() if c > 1]
+def run_once(model: nn.Module, calls: list[str]) -> None:
+    """Refuse a Conv2d / Linear that runs more than once per forward (shared weights), from
+    the layer calls of one forward pass in order (quantizer.layer_calls)."""
+    counts = Counter(calls)
+    shared = [n for n in counts if counts[n] > 1]
     if shared:
+        module = model.get_submodule(shared[0])
         raise QnnRepairError(
-            f"layer {shared[0]!r} ({type(modules[shared[0]]).__name__}) runs {counts[shared[0]]} "
+            f"layer {shared[0]!r} ({type(module).__name__}) runs {counts[shared[0]]} "
             "times per forward pass; qnnrepair repairs layers that run once: give each use "
             "its own module")
 

@@ -13,7 +13,7 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.evaluation import batch_size_for
 from qnnrepair.hooks import on_forward
 from qnnrepair.progress import progress
-from qnnrepair.quantization.checks import call_counts, check_output, self_check
+from qnnrepair.quantization.checks import check_output, run_once, self_check
 from qnnrepair.quantization.config import QuantConfig
 from qnnrepair.quantization.fold import fold_batchnorm, set_module
 from qnnrepair.quantization.kernels import own_kernels, weighted_calls_outside
@@ -79,14 +79,15 @@ def batches(images: torch.Tensor, batch_size: int):
         yield images[start:start + batch_size]
 
 
-def forward_order(model: nn.Module, example_input: torch.Tensor) -> list[str]:
-    """Names of the Conv2d/Linear layers in the order the forward pass first calls them."""
-    order: list[str] = []
+def layer_calls(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of the Conv2d/Linear layers as one forward pass calls them, repeats included."""
+    calls: list[str] = []
     weighted = {name: m for name, m in model.named_modules()
                 if isinstance(m, (nn.Conv2d, nn.Linear))}
-    with on_forward(weighted, lambda name, _x: order.append(name), "input"), torch.no_grad():
+    with on_forward(weighted, lambda name, _x: calls.append(name), "input"), torch.no_grad():
         model(example_input)
-    return list(dict.fromkeys(order))
+    return calls
+
 
 
 class _RangeObserver:
@@ -138,11 +139,12 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_images: torch.Te
     own_model, kernels = own_kernels(model, example)
     weighted_calls_outside(own_model, example)
     float_model, folded = fold_batchnorm(own_model, example)
-    layers = forward_order(float_model, example)
+    calls = layer_calls(float_model, example)
+    layers = list(dict.fromkeys(calls))
     if not layers:
         raise QnnRepairError("model has no Conv2d or Linear layer to quantize: qnnrepair "
                              "changes the integer weights of those layers")
-    call_counts(float_model, layers, example)
+    run_once(float_model, calls)
     batch_size = batch_size or batch_size_for(calibration_images, 250)
     observers = calibrate(float_model, layers, calibration_images, batch_size, seed, show_progress)
     quant_model = copy.deepcopy(float_model)
