@@ -9,6 +9,7 @@ The test set is evaluated only after the repair has finished: no decision ever s
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -186,24 +187,16 @@ def _check_simulation(model: DeployedModel, images: torch.Tensor) -> None:
     """The simulation against the file's runtime before any repair, on the user's images: a
     .tflite file's integers tensor by tensor against LiteRT (formats.tflite.check), an ONNX
     file's two graphs node by node against ONNX Runtime (formats.onnx_qdq.check)."""
-    if model.config.format == "tflite":
-        try:
-            from qnnrepair.formats.tflite.check import check_against_litert
-        except ImportError:
-            return
-        try:
-            import ai_edge_litert  # noqa: F401
-        except ImportError:
-            logger.warning("LiteRT is not installed: the simulation of %s is not checked "
-                           "against it", model.path)
-            return
-        check_against_litert(model.path, model.model, images)
+    tflite = model.config.format == "tflite"
+    runtime = "ai_edge_litert" if tflite else "onnxruntime"
+    if importlib.util.find_spec(runtime) is None:
+        logger.warning("%s is not installed: the simulation of %s is not checked against it",
+                       runtime, model.path)
         return
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        logger.warning("ONNX Runtime is not installed: the simulation of %s is not checked "
-                       "against it", model.path)
+    if tflite:
+        from qnnrepair.formats.tflite.check import check_against_litert
+
+        check_against_litert(model.path, model.model, images)
         return
     from qnnrepair.formats.onnx_qdq.check import check_against_runtime
 
