@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import warnings
 from pathlib import Path
 
-import torch
 from common import DEFAULT_SHARED, RESULTS, command, machine
 
+from qnnrepair.architectures import export_float, quantize_qdq
 from qnnrepair.data.splits import spread
 from qnnrepair.formats.deployed import load_deployed
 from qnnrepair.localization.layer_costs import layer_costs
@@ -74,30 +73,12 @@ def _table(title: str, model, work, n_images: int) -> list[str]:
 
 
 def _resnet20_qdq(folder: Path, args):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
     cifar = args.shared / "data" / "cifar10"
     work = prepare("resnet20", args.shared / "models" / "cifar10-resnet20.th",
                    cifar / "train30k.npz", cifar / "test.npz", n_repair=256)
     float_path, qdq_path = folder / "resnet20.onnx", folder / "resnet20.qdq.onnx"
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(work.model, (work.images("repair")[:1],), str(float_path),
-                          dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    images = work.images("repair")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": images[i:i + 32].numpy()}
-                                 for i in range(0, len(images), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=False)
+    export_float(work.model, work.images("repair")[:1], float_path)
+    quantize_qdq(float_path, qdq_path, work.images("repair"), per_channel=False)
     model = load_deployed(qdq_path, float_path)
     mean, std = work.info.mean, work.info.std
     deployed = prepare_deployed(model, cifar / "train30k.npz", cifar / "test.npz",

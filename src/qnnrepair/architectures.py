@@ -239,8 +239,9 @@ def check_onnx_files(model: nn.Module, images: torch.Tensor, exporter: str, *,
     row: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         float_path = Path(folder, "model.onnx")
-        exported = _step(row, "export", lambda: _outside("torch.onnx.export", _export, model,
-                                                         images[:1], float_path, exporter),
+        exported = _step(row, "export", lambda: _outside("torch.onnx.export", export_float,
+                                                         model, images[:1], float_path,
+                                                         exporter),
                          lambda _: "ok")
         if exported is None and not float_path.exists():
             for step in QDQ_STEPS[1:]:
@@ -267,7 +268,10 @@ def _outside(tool: str, fn, *args, **kwargs):
         raise OutsideFailure(f"{tool} fails: {type(err).__name__}: {first}") from None
 
 
-def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> bool:
+def export_float(model: nn.Module, example: torch.Tensor, path: Path,
+                 exporter: str = "torchscript") -> bool:
+    """`model` as a float ONNX file, as a user exports it: torch.onnx (`exporter`
+    "torchscript" or "dynamo"), opset 17, input "input", output "logits", a dynamic batch."""
     import warnings
 
     with warnings.catch_warnings(), torch.no_grad():
@@ -281,13 +285,29 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) 
     return True
 
 
+def quantize_qdq(float_path: Path, qdq_path: Path, images: torch.Tensor, per_channel: bool,
+                 batch_size: int = 32, **options) -> None:
+    """ONNX Runtime's quantize_static (QDQ format, MinMax) of `float_path` into `qdq_path`,
+    calibrated on `images` fed in batches to the graph input "input"; `options` pass on
+    (activation_type, weight_type, ...)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": images[i:i + batch_size].numpy()}
+                                 for i in range(0, len(images), batch_size)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, **options)
+
+
 def _qdq_round_trip(float_path: Path, qdq_path: Path, images: torch.Tensor, per_channel: bool,
                     neurons: int, seed: int) -> str:
     from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
         QuantType,
-        quantize_static,
     )
 
     from qnnrepair.formats.deployed import load_deployed, write_deployed
@@ -295,17 +315,8 @@ def _qdq_round_trip(float_path: Path, qdq_path: Path, images: torch.Tensor, per_
     from qnnrepair.repair import Repairer, preset
 
     half = len(images) // 2
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": images[i:i + 1].numpy()} for i in range(half)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    _outside("quantize_static", quantize_static, str(float_path), str(qdq_path), Reader(),
-             quant_format=QuantFormat.QDQ, per_channel=per_channel,
-             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    _outside("quantize_static", quantize_qdq, float_path, qdq_path, images[:half], per_channel,
+             batch_size=1, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     deployed = load_deployed(qdq_path, float_path)
     with torch.no_grad():
         labels = deployed.float_model(images).argmax(1)
