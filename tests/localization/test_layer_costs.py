@@ -24,7 +24,7 @@ def test_the_broken_layer_comes_first_and_costs_what_it_breaks():
     assert top.float_accuracy > table.float_accuracy - 5
     assert top.recovers == top.float_accuracy - table.quantized_accuracy
     assert top.quantized_accuracy < table.float_accuracy - 20  # alone quantized, it breaks it
-    others = [row for row in table.layers[1:]]
+    others = table.layers[1:]
     assert all(row.recovers <= 2 for row in others)
     assert all(row.quantized_accuracy >= table.float_accuracy - 5 for row in others)
     assert max(table.layers, key=lambda r: r.blame_share or 0).layer == "conv2"
