@@ -20,6 +20,8 @@ litert = pytest.importorskip("ai_edge_litert.interpreter",
                              reason="needs the tflite extra: pip install 'qnnrepair[tflite]'")
 
 from qnnrepair.errors import QnnRepairError  # noqa: E402
+from qnnrepair.formats import layers as deployed_layers  # noqa: E402
+from qnnrepair.formats.arithmetic import exact_in_float32  # noqa: E402
 from qnnrepair.formats.tflite import (  # noqa: E402
     TFLiteConv2d,
     TFLiteLinear,
@@ -82,6 +84,27 @@ def test_tiny_model_matches_litert_exactly(tiny_file):
     worst = np.abs(got - want).max() * 256  # outputs are probabilities on a 1/256 grid
     print(f"{tiny_file.name}: largest difference {worst} output steps on 64 inputs")
     assert worst == 0, f"{worst} output steps apart from LiteRT"
+
+
+@pytest.mark.parametrize("accumulator", ["float32", "float64 bias", "float64"])
+def test_fast_path_computes_the_observed_paths_integers(tiny_file, accumulator, monkeypatch):
+    """Evaluation runs on centred integers; a hook (capture, blame) sees the real-valued path.
+    Both give the same bits, also where the accumulator needs float64 (a bias, or partial
+    sums, beyond float32's integers: forced here, the tiny model's sums are small)."""
+    model = load_tflite(tiny_file)
+    layer = model.layer(model.layers[1])
+    if accumulator == "float64 bias":
+        layer.bias_int[0] = 2**25 + 3
+        assert exact_in_float32(layer._partial_sum_bound())
+    if accumulator == "float64":
+        monkeypatch.setattr(deployed_layers, "exact_in_float32", lambda bound: False)
+    pixels = torch.from_numpy(random_pixels(16)).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        fast = model.model(pixels)
+        hook = layer.register_forward_hook(lambda *args: None)
+        observed = model.model(pixels)
+        hook.remove()
+    assert torch.equal(fast, observed)
 
 
 def test_layers_expose_integers_and_grid(tiny_file):

@@ -26,6 +26,7 @@ from qnnrepair.cli.commands import (
 )
 from qnnrepair.cli.options import add_data, add_norm, add_quant, add_repair, add_size
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.memory import keep_freed_memory
 
 logger = logging.getLogger("qnnrepair")
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded by bench beside its results
+    keep_freed_memory()  # large activation buffers reused, not mapped afresh (memory.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

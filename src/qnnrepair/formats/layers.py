@@ -66,7 +66,7 @@ class DeployedLayer(nn.Module):
     def input_int(self, x: torch.Tensor) -> torch.Tensor:
         """Centred integer input q_x - z_x (float tensor of integers) from real units."""
         z = int(self.input_zero_point)
-        return torch.round(x / self.input_scale).clamp_(self.act_qmin - z, self.act_qmax - z)
+        return (x / self.input_scale).round_().clamp_(self.act_qmin - z, self.act_qmax - z)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as the integer kernel sees it, in real units."""
@@ -92,10 +92,15 @@ class DeployedLayer(nn.Module):
     def accumulator_dtype(self) -> torch.dtype:
         """float32 when every partial sum is an integer below 2^24 (then a float32 conv is
         exact integer arithmetic), else float64; checked on the current weights."""
+        return torch.float32 if exact_in_float32(self._partial_sum_bound()) else torch.float64
+
+    def _partial_sum_bound(self) -> float:
+        """The largest |partial sum| of the accumulation: largest |input| times the largest row
+        L1 norm of the current weights."""
         x_max = max(self.act_qmax - int(self.input_zero_point),
                     int(self.input_zero_point) - self.act_qmin)
         row_l1 = self.weight_int.reshape(self.out_features, -1).abs().sum(dim=1).max()
-        return torch.float32 if exact_in_float32(float(row_l1) * x_max) else torch.float64
+        return float(row_l1) * x_max
 
     def accumulator(self, x: torch.Tensor) -> torch.Tensor:
         """The int32 accumulator sum (q_x - z_x)(q_w - z_w) + bias_int, as float64."""
@@ -103,11 +108,33 @@ class DeployedLayer(nn.Module):
         acc = self._op(self.input_int(x).to(dtype), self.weight_int.to(dtype)).double()
         return acc.add_(self.bias_int.double().reshape(self._channel_shape()))
 
+    def integer_accumulator(self, xi: torch.Tensor, pads: tuple[int, ...] = ()) -> torch.Tensor:
+        """float32(accumulator) of centred integer input `xi` (float32) zero-padded by `pads`
+        (F.pad order): what a runtime's fp32 requantization multiplies. Computed in float32
+        alone when every partial sum and the bias are integers below 2^24 (the common case,
+        several times faster than float64), else rounded from the exact float64 sum."""
+        bias = float(self.bias_int.abs().max()) if self.bias_int.numel() else 0.0
+        bound = self._partial_sum_bound()
+        if exact_in_float32(bound + bias):
+            return self._padded_op(xi, self.weight_int.float(), pads, self.bias_int.float())
+        shape = self._channel_shape()
+        if exact_in_float32(bound):  # a large bias alone: added in float64
+            acc = self._padded_op(xi, self.weight_int.float(), pads, None).double()
+        else:
+            acc = self._padded_op(xi.double(), self.weight_int.double(), pads, None)
+        return acc.add_(self.bias_int.double().reshape(shape)).float()
+
+    def _padded_op(self, x: torch.Tensor, w: torch.Tensor, pads: tuple[int, ...],
+                   bias: torch.Tensor | None) -> torch.Tensor:
+        """`_op` on `x` zero-padded by `pads` (real 0 is centred integer 0), plus `bias`."""
+        return self._op(F.pad(x, pads) if any(pads) else x, w, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation in real units (float64, so the accumulator stays recoverable)."""
         return self.accumulator(x).mul_(self.bias_scale().double().reshape(self._channel_shape()))
 
-    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
+            ) -> torch.Tensor:
         raise NotImplementedError
 
     def _channel_shape(self) -> tuple[int, ...]:
@@ -130,8 +157,31 @@ class DeployedConv2d(DeployedLayer):
     def _channel_shape(self) -> tuple[int, ...]:
         return (-1, 1, 1)
 
-    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+    def _op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+            padding=None) -> torch.Tensor:
+        padding = self.padding if padding is None else padding
+        if self._pointwise() and padding == (0, 0) and x.is_contiguous(
+                memory_format=torch.channels_last):
+            # a 1x1 convolution of an NHWC tensor is one matrix product (PyTorch's own
+            # choice for this case is its slow im2col path); same exact integers
+            n, _c, h, wd = x.shape
+            rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            w = w.reshape(w.shape[0], -1).t()
+            out = rows @ w if bias is None else torch.addmm(bias, rows, w)
+            return out.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
+        return F.conv2d(x, w, bias, self.stride, padding, self.dilation, self.groups)
+
+    def _padded_op(self, x: torch.Tensor, w: torch.Tensor, pads: tuple[int, ...],
+                   bias: torch.Tensor) -> torch.Tensor:
+        """Symmetric padding goes to the convolution itself (no padded copy of the input)."""
+        if len(pads) == 4 and self.padding == (0, 0) and pads[0] == pads[1] and \
+                pads[2] == pads[3]:
+            return self._op(x, w, bias, (pads[2], pads[0]))
+        return super()._padded_op(x, w, pads, bias)
+
+    def _pointwise(self) -> bool:
+        return (self.groups == 1 and self.stride == (1, 1)
+                and tuple(self.weight_int.shape[2:]) == (1, 1))
 
     def extra_repr(self) -> str:
         return (f"weight={tuple(self.weight_int.shape)}, stride={self.stride}, "
@@ -141,5 +191,6 @@ class DeployedConv2d(DeployedLayer):
 class DeployedLinear(DeployedLayer):
     """A fully connected layer; weight (out, in) as in PyTorch."""
 
-    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, w)
+    def _op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
+            ) -> torch.Tensor:
+        return F.linear(x, w, bias)

@@ -82,20 +82,27 @@ def float_activation(x: torch.Tensor, activation: str | None) -> torch.Tensor:
 
 def xnnpack_add(qa: torch.Tensor, za: int, sa: float, qb: torch.Tensor, zb: int, sb: float,
                 zo: int, so: float, lo: int, hi: int) -> torch.Tensor:
-    """XNNPACK's quantized add (xnn_init_q*_add_minmax_params + the scalar vadd kernel):
-    each input's scale relative to the output becomes an integer multiplier; the larger one has
-    about 21 bits; the sum is shifted right with round-half-up."""
+    """XNNPACK's quantized add (xnn_init_q*_add_minmax_params + the scalar vadd kernel) of
+    stored integers: see xnnpack_add_centred."""
+    return xnnpack_add_centred(qa.to(torch.int64) - za, sa, qb.to(torch.int64) - zb, sb, so,
+                               lo - zo, hi - zo) + zo
+
+
+def xnnpack_add_centred(ra: torch.Tensor, sa: float, rb: torch.Tensor, sb: float, so: float,
+                        lo: int, hi: int) -> torch.Tensor:
+    """XNNPACK's quantized add on centred integers r = q - z, returning the centred output
+    clamped to [lo, hi] (int64): each input's scale relative to the output becomes an integer
+    multiplier, the larger one about 21 bits; the sum is shifted right with round-half-up.
+    (XNNPACK folds the zero points into one bias; on centred integers they cancel.)"""
     a_scale, b_scale = f32(f32(sa) / f32(so)), f32(f32(sb) / f32(so))
     max_scale = max(abs(a_scale), abs(b_scale))
     exponent = int(np.float32(max_scale).view(np.uint32) >> 23) - 127
     shift = 20 - exponent
     a_mult = int(np.rint(np.float32(a_scale) * np.float32(2.0**shift)))
     b_mult = int(np.rint(np.float32(b_scale) * np.float32(2.0**shift)))
-    rounding = 1 << (shift - 1)
-    bias = rounding - (a_mult * za + b_mult * zb)
-    acc = bias + qa.to(torch.int64) * a_mult + qb.to(torch.int64) * b_mult
-    out = torch.bitwise_right_shift(acc, shift)
-    return torch.clamp(out, lo - zo, hi - zo) + zo
+    acc = ra.to(torch.int64) * a_mult
+    acc.add_(rb.to(torch.int64) * b_mult).add_(1 << (shift - 1))
+    return torch.bitwise_right_shift(acc, shift).clamp_(lo, hi)
 
 
 def average_pool_round(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

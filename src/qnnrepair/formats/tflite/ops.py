@@ -4,8 +4,11 @@ Values travel between ops in real units (float32), NCHW for 4-D tensors. In the 
 simulation every value is exactly on its tensor's grid, (q - z) * s, and each op recovers the
 integers q, computes like LiteRT (see arithmetic.py) and hands on its output grid. With
 `float_mode` set (the float reference) the same ops compute in plain float: no rounding, fused
-activations as real clamps. Ops whose meaning depends on the axis order (reshape, squeeze,
-mean, pad, concatenation, fully connected) work in TFLite's NHWC order internally.
+activations as real clamps. `integer_forward`, where an op has it, computes the same integers
+on centred integers r = q - z instead of real values (the graph's fast path, graph.py), which
+saves the division and rounding that recover q at every op. Ops whose meaning depends on the
+axis order (reshape, squeeze, mean, pad, concatenation, fully connected) work in TFLite's NHWC
+order internally.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ class QParams:
     qmax: int
 
     def to_int(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(x / self.scale) + self.zero_point, self.qmin, self.qmax)
+        return (x / self.scale).round_().add_(self.zero_point).clamp_(self.qmin, self.qmax)
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """r = q - z (float32) of real values: to_int(x) - zero_point."""
+        z = self.zero_point
+        return (x / self.scale).round_().clamp_(self.qmin - z, self.qmax - z)
+
+    def real(self, r: torch.Tensor) -> torch.Tensor:
+        """Real values of centred integers: r * s, the same floats as to_real(r + z)."""
+        return r * self.scale
 
     def to_real(self, q: torch.Tensor) -> torch.Tensor:
         return q.to(torch.float32).sub_(self.zero_point).mul_(self.scale)
@@ -56,7 +68,11 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
 
 
 class TFLiteOp(nn.Module):
-    """Base: `out_q` is the output grid; `float_mode` switches to the float reference."""
+    """Base: `out_q` is the output grid; `float_mode` switches to the float reference.
+    `grid_free`: the op moves values without looking at them (reshape, pad), so its forward
+    serves real values and centred integers alike."""
+
+    grid_free = False
 
     def __init__(self, out_q: QParams | None) -> None:
         super().__init__()
@@ -85,12 +101,17 @@ class ConvOp(TFLiteOp):
         self.act_range = ar.activation_range(activation, out_q.scale, out_q.zero_point,
                                              "uint8" if out_q.qmin == 0 else "int8")
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _pads(self, x: torch.Tensor) -> tuple[int, ...]:
+        """SAME padding of a 4-D input in F.pad order (left, right, top, bottom); () if none."""
         if self.padding_mode != "SAME" or x.dim() != 4:
-            return x
+            return ()
         top, bottom = same_padding(x.shape[2], self.kernel[0], self.stride[0], self.dilation[0])
         left, right = same_padding(x.shape[3], self.kernel[1], self.stride[1], self.dilation[1])
-        return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
+        return (left, right, top, bottom) if top or bottom or left or right else ()
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        pads = self._pads(x)
+        return F.pad(x, pads) if pads else x
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         """FULLY_CONNECTED reads its input as rows of the last NHWC dimension's size."""
@@ -108,15 +129,26 @@ class ConvOp(TFLiteOp):
         shape = self.conv._channel_shape()
         # not in place: a forward hook on the layer may hold `pre`
         acc = (pre / self.conv.bias_scale().double().reshape(shape)).round_()
-        scale = torch.from_numpy(ar.requant_scale(float(self.conv.input_scale),
-                                                  self.conv.weight_scale.numpy(),
-                                                  self.out_q.scale)).reshape(shape)
-        q = ar.requantize_fp32(acc, scale, self.out_q.zero_point, *self.act_range)
+        q = ar.requantize_fp32(acc, self._requant_scale(), self.out_q.zero_point,
+                               *self.act_range)
         out = self.out_q.to_real(q)
         if pre.requires_grad:  # straight-through across the requantization (graph.py)
             slope = ar.float_activation(pre.to(out.dtype), self.activation)
             out = out + (slope - slope.detach())
         return out
+
+    def integer_forward(self, r: torch.Tensor) -> torch.Tensor:
+        """forward's integers, centred, from centred input integers (requantize_fp32 without
+        the zero point, which the next op would take off again)."""
+        acc = self.conv.integer_accumulator(self._flatten(r), self._pads(r))
+        zp = self.out_q.zero_point
+        return acc.mul_(self._requant_scale()).clamp_(self.act_range[0] - zp,
+                                                      self.act_range[1] - zp).round_()
+
+    def _requant_scale(self) -> torch.Tensor:
+        return torch.from_numpy(ar.requant_scale(
+            float(self.conv.input_scale), self.conv.weight_scale.numpy(),
+            self.out_q.scale)).reshape(self.conv._channel_shape())
 
 
 class AddOp(TFLiteOp):
@@ -133,6 +165,11 @@ class AddOp(TFLiteOp):
                            self.b_q.to_int(b), self.b_q.zero_point, self.b_q.scale,
                            self.out_q.zero_point, self.out_q.scale, *self.act_range)
         return self.out_q.to_real(q)
+
+    def integer_forward(self, ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+        zo = self.out_q.zero_point
+        return ar.xnnpack_add_centred(ra, self.a_q.scale, rb, self.b_q.scale, self.out_q.scale,
+                                      self.act_range[0] - zo, self.act_range[1] - zo).float()
 
 
 class PoolOp(TFLiteOp):
@@ -200,6 +237,8 @@ class MeanOp(TFLiteOp):
 class ReshapeOp(TFLiteOp):
     """RESHAPE / SQUEEZE to the output tensor's static shape (batch kept dynamic)."""
 
+    grid_free = True
+
     def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__(None)
         self.shape = tuple(shape)
@@ -212,7 +251,10 @@ class ReshapeOp(TFLiteOp):
 
 
 class PadOp(TFLiteOp):
-    """PAD with constant paddings (NHWC); pads with the zero point, i.e. real 0."""
+    """PAD with constant paddings (NHWC); pads with the zero point, i.e. real 0 (and centred
+    integer 0)."""
+
+    grid_free = True
 
     def __init__(self, paddings: list[tuple[int, int]]) -> None:
         super().__init__(None)
