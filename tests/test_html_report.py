@@ -39,7 +39,7 @@ def repaired(tmp_path_factory):
                  "w3a4", "--n-repair", "80", "--n-validation", "80", "--workers", "1",
                  # the output layer too, ranked by output blame: on this tiny net the
                  # hidden-only default or an SBFL ranking keeps nothing
-                 "--layers", "all", "--metric", "gradient",
+                 "--layers", "all", "--metric", "gradient", "--layer-images", "40",
                  "--output", str(folder / "repaired.qnn"), "--report-html", str(page)])
     assert code == 0
     report = json.loads((folder / "repaired.report.json").read_text())
@@ -57,6 +57,16 @@ def test_report_is_a_real_repair(repaired):
     print(report["accuracy"], len(report["changes"]), len(report["steps"]))
     assert report["changes"] and report["steps"] and report["top_neurons"]
     assert report["accuracy"]["validation"]["quantized"] < report["accuracy"]["validation"]["float"]
+
+
+def test_html_has_the_per_layer_table_the_cli_computed(repaired):
+    _, report, page = repaired
+    costs = report["layer_costs"]
+    assert costs["n_images"] == 40 and "Which layer causes the drop" in page
+    first = costs["layers"][0]
+    got = cells(page)
+    assert got[got.index(first["layer"], got.index("blame share")) + 1] == \
+        f"{first['float_accuracy']:.2f}"
 
 
 def test_html_holds_the_numbers(repaired):
@@ -135,6 +145,23 @@ def test_nothing_to_repair_and_missing_values():
     assert "Nothing to repair" in page and "unchanged" in page
     assert "No neuron was changed" in page and "No LP was solved" in page
     assert "n/a" in cells(page) and "nan" not in cells(page)
+
+
+def test_per_layer_table_is_shown_when_the_report_has_it():
+    layer = {"layer": "conv1", "blame_share": 0.625, "float_accuracy": 88.0, "float_kl": 0.01,
+             "quantized_accuracy": 86.5, "quantized_kl": 0.02, "recovers": 3.0}
+    costs = {"n_images": 50, "float_accuracy": 90.0, "quantized_accuracy": 85.0,
+             "quantized_kl": 0.05, "layers": [layer, {**layer, "layer": "fc",
+                                                     "blame_share": None}]}
+    without = render_html(synthetic_report())
+    page = render_html(synthetic_report(layer_costs=costs))
+    assert "Which layer causes the drop" not in without
+    assert "Which layer causes the drop" in page and "50 validation images" in page
+    got = cells(page)
+    # alone float 88.00 gives back +3.00 on the quantized 85.00; the blame share; none: n/a
+    assert ["conv1", "88.00", "+3.00", "0.0100", "86.50", "0.0200", "0.625"] == \
+        got[got.index("conv1"):got.index("conv1") + 7]
+    assert got[got.index("fc") + 6] == "n/a"
 
 
 def test_the_steps_state_the_acceptance_rule():

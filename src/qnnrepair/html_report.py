@@ -47,7 +47,7 @@ def render_html(report: RepairReport) -> str:
     """The whole report as one HTML document (UTF-8 text, no external resources)."""
     title = (f"qnnrepair report: {report.model}, {report.setting}, seed {report.seed}")
     body = [f"<h1>{ch.e(title)}</h1>", _summary(report), _accuracy(report), _ranking(report),
-            _changes(report), _per_class(report), _lps(report), _steps(report), _config(report)]
+            _layer_costs(report), _changes(report), _per_class(report), _lps(report), _steps(report), _config(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{ch.e(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
@@ -116,6 +116,28 @@ def _ranking(report: RepairReport) -> str:
         name, _, index = c["neuron"].rpartition("[")
         changed.setdefault(name, set()).add(int(index.rstrip("]")))
     return head + ch.svg_blame(report.blame, changed)
+
+
+def _layer_costs(report: RepairReport, top: int = 15) -> str:
+    """The per-layer table (`--layer-images`), when the report has it."""
+    costs = report.layer_costs
+    if not costs:
+        return ""
+    head = ("<h2>Which layer causes the drop</h2>\n<p class=\"sub\">Per layer, on "
+            f"{costs['n_images']} validation images (float {ch.pct(costs['float_accuracy'])}%, "
+            f"quantized {ch.pct(costs['quantized_accuracy'])}%): accuracy and KL from the float "
+            "model with that layer alone left in float (and the points that gives back), with "
+            "it alone quantized, and its share of the blame; the "
+            f"{min(top, len(costs['layers']))} layers that give back most.</p>")
+    rows = [[layer["layer"], ch.num(ch.pct(layer["float_accuracy"])),
+             ch.delta(layer["float_accuracy"], costs["quantized_accuracy"]),
+             ch.num(f"{layer['float_kl']:.4f}"), ch.num(ch.pct(layer["quantized_accuracy"])),
+             ch.num(f"{layer['quantized_kl']:.4f}"),
+             ch.num("n/a" if layer["blame_share"] is None else f"{layer['blame_share']:.3f}")]
+            for layer in costs["layers"][:top]]
+    return head + ch.table(["layer", ch.num("alone float %"), ch.num("gives back"),
+                            ch.num("KL"), ch.num("alone quantized %"), ch.num("KL"),
+                            ch.num("blame share")], rows)
 
 
 def _changes(report: RepairReport) -> str:
