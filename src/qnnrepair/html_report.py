@@ -47,7 +47,8 @@ def render_html(report: RepairReport) -> str:
     """The whole report as one HTML document (UTF-8 text, no external resources)."""
     title = (f"qnnrepair report: {report.model}, {report.setting}, seed {report.seed}")
     body = [f"<h1>{ch.e(title)}</h1>", _summary(report), _accuracy(report), _ranking(report),
-            _layer_costs(report), _changes(report), _per_class(report), _lps(report), _steps(report), _config(report)]
+            _layer_costs(report), _changes(report), _per_class(report), _lps(report),
+            _steps(report), _config(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{ch.e(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
