@@ -237,16 +237,12 @@ def _lps(report: RepairReport) -> str:
 def _steps(report: RepairReport) -> str:
     start = report.accuracy.get("validation", {}).get("quantized", math.nan)
     acceptance = report.repair_config.get("acceptance", {})
-    patience = acceptance.get("patience")
-    stop = ("" if patience is None else
-            f"; the loop stops after {patience} step{'s' * (patience != 1)} in a row that raise "
-            "the KL")
     min_z = acceptance.get("min_z", 0.0)
     paired = (f" and by at least {min_z:g} standard errors of the per-image drop" if min_z
               else "")
     rule = ("it is kept when it lowers the KL divergence to the float model's soft predictions "
             f"by at least {acceptance.get('min_gain', 0):.0%}{paired} and validation accuracy "
-            f"does not drop below the best so far{stop}"
+            f"does not drop below the best so far"
             if acceptance.get("criterion", "kl") == "kl" else
             "it is kept when validation accuracy does not drop below the best so far")
     head = ("<h2>Repair steps</h2>\n<p class=\"sub\">Each step repairs the next neurons of the "

@@ -50,13 +50,9 @@ def test_randomized_top_directions_match_the_full_eigendecomposition(monkeypatch
     np.testing.assert_array_equal(again.rows, fast.rows)
 
 
-def test_with_count_offset_an_offset_alone_is_counted_so_its_bias_fix_is_kept():
+def test_an_offset_alone_gets_its_bias_fix_from_the_mean_residual():
     """A neuron whose pre-activation is off by a constant and whose weights cannot move: the
-    centred rows see nothing to fix, the mean row does. Its LP returns the bias delta and an
-    objective below the unchanged one (the mean error as one row of K + 1), so the candidate
-    applies it (candidate.py keeps an LP's result only when it lowers the objective)."""
-    from dataclasses import replace
-
+    centred rows see nothing to fix; the bias delta is the mean residual."""
     from qnnrepair.repair.lp.neuron import NeuronProblem
 
     x = _inputs(j=6)
@@ -66,16 +62,9 @@ def test_with_count_offset_an_offset_alone_is_counted_so_its_bias_fix_is_kept():
     a, z = s.rows, s.rhs(residual)
     np.testing.assert_allclose(z, 0.0, atol=1e-12)
     frozen = (np.zeros(6), np.zeros(6))
-    problem = NeuronProblem(a, scale * (a @ weight) + bias + z, weight, scale, bias, qmin=-7,
-                            qmax=7, mode="match", delta_bounds=frozen, fit_bias=False,
-                            max_rows=len(a), bias_from=(s.mean, offset), count_offset=True)
-    result = problem.solve()
+    result = NeuronProblem(a, scale * (a @ weight) + bias + z, weight, scale, bias, qmin=-7,
+                           qmax=7, mode="match", delta_bounds=frozen, fit_bias=False,
+                           max_rows=len(a), bias_from=(s.mean, offset)).solve()
     assert not result.delta_weight.any()
     assert result.delta_bias == offset
-    k = len(a)
-    assert np.isclose(result.objective_unchanged, offset / (k + 1))
-    assert result.objective_rounded < result.objective_unchanged
-    # the default judges the centred rows alone: the same bias delta, seen as no gain
-    plain = replace(problem, count_offset=False).solve()
-    assert plain.delta_bias == offset
-    assert plain.objective_rounded == plain.objective_unchanged
+    assert result.objective_rounded == result.objective_unchanged

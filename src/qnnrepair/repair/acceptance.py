@@ -56,11 +56,6 @@ class Guard:
     def accepts(self, candidate: Score, best: Score, changed: bool) -> bool:
         return keeps(candidate, best, changed, self.criterion, self.min_gain, self.min_z)
 
-    def worse(self, candidate: Score, best: Score) -> bool:
-        """The criterion got worse: larger candidates, built on the same ranking, are
-        unlikely to turn it around (with "accuracy", the loop goes on as published)."""
-        return self.criterion == "kl" and candidate.divergence > best.divergence
-
 
 def keeps(candidate: Score, best: Score, changed: bool, criterion: str = "kl",
           min_gain: float = 0.0, min_z: float = 0.0) -> bool:

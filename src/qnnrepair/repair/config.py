@@ -23,10 +23,10 @@ from qnnrepair.repair.lp.backend import BACKENDS
 
 # 1: the flat RepairConfig of qnnrepair 0.1 (22 fields); 2: before acceptance.min_z (its
 # absence meant 0, and the default is now 1)
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 WEIGHT_DOMAINS = ("rounding", "grid")
 MIN_SUMMARY_IMAGES = 64
-SCHEDULES = ("geometric", "linear", "blocks")
+SCHEDULES = ("geometric", "linear")
 CRITERIA = ("kl", "accuracy")
 
 
@@ -75,10 +75,7 @@ class LPConfig:
     least MIN_SUMMARY_IMAGES (None: every image): a candidate records them in one forward pass
     over those images as a single batch, whose activations they bound, and large images give
     many positions each (2^20: all of 1,000 CIFAR images, 64 of ImageNet's, about 1.5 GiB of
-    MobileNetV2 activations). `count_offset`: a "match" LP is judged with the neuron's mean
-    error as one more row, so a neuron whose fault is an offset keeps the bias delta its LP
-    finds even when its weights cannot help (the centred rows alone see no gain and the LP's
-    result is dropped). Off by default: on validation it did not help on every model.
+    MobileNetV2 activations).
     """
 
     hidden_formulation: str = "match"
@@ -95,7 +92,6 @@ class LPConfig:
     failing_only: bool = False
     max_columns: int | None = 4096
     summary_pixels: int | None = 2**20
-    count_offset: bool = False
 
     def __post_init__(self) -> None:
         _choice("hidden_formulation", self.hidden_formulation, formulation_names(output=False))
@@ -137,11 +133,10 @@ class LPConfig:
 class AcceptanceConfig:
     """Which candidates are tried and kept. With `schedule` "geometric" or "linear",
     candidate N repairs the top-N neurons of the ranking on the quantized model, for N growing
-    as 1, g, g^2, ... (up to half of all), all (g = `growth`) or 1, 2, 3, ...; with "blocks",
-    each candidate repairs the next `block_fraction` of the ranking on top of the best model so
-    far, so every LP is solved once. The default `growth` 8 (1, 8, 64, ..., all) gave the same
-    model as 4 in 8 of 9 validation runs with two candidates fewer, each a forward pass over
-    R and one over V (benchmarks/results/defaults-cost.md). Up to `max_neurons`, within
+    as 1, g, g^2, ... (up to half of all), all (g = `growth`) or 1, 2, 3, .... The default
+    `growth` 8 (1, 8, 64, ..., all) gave the same model as 4 in 8 of 9 validation runs with two
+    candidates fewer, each a forward pass over R and one over V
+    (benchmarks/results/defaults-cost.md). Up to `max_neurons`, within
     `time_budget_s` (off by default: a wall-clock budget makes the result depend on the
     machine's load, and the same inputs and seed must give the same model).
 
@@ -150,9 +145,8 @@ class AcceptanceConfig:
     (relative), by at least `min_z` standard errors of the mean per-image drop (a paired test;
     0 turns it off; 1 was chosen on validation, benchmarks/results/experiments/guard_rules.md:
     on top of AdaRound it kept fewer changes that did not carry to the rest of V), and
-    accuracy does not drop, and stops after `patience` candidates in a
-    row that make the divergence worse (None: tries every candidate); "accuracy" keeps it when
-    accuracy does not drop (the paper preset).
+    accuracy does not drop; "accuracy" keeps it when accuracy does not drop (the paper
+    preset). Every candidate is tried.
     Either way the loop stops once validation accuracy reaches the float model's."""
 
     schedule: str = "geometric"
@@ -162,16 +156,10 @@ class AcceptanceConfig:
     criterion: str = "kl"
     min_gain: float = 0.01
     min_z: float = 1.0
-    block_fraction: float = 0.05
-    patience: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.block_fraction <= 1.0:
-            raise QnnRepairError(f"block_fraction must be in (0, 1], got {self.block_fraction}")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("criterion", self.criterion, CRITERIA)
-        if self.patience is not None and self.patience < 1:
-            raise QnnRepairError(f"patience must be at least 1 or None, got {self.patience}")
         if not 0.0 <= self.min_gain < 1.0:
             raise QnnRepairError(f"min_gain must be in [0, 1), got {self.min_gain}")
         if not 0.0 <= self.min_z < math.inf:
@@ -181,19 +169,8 @@ class AcceptanceConfig:
         if self.growth < 2:
             raise QnnRepairError(f"growth must be at least 2, got {self.growth}")
 
-    def candidates(self, n_neurons: int) -> list[tuple[int, int]]:
-        """(first, stop) per candidate: it repairs ranking[first:stop] (on the best model so
-        far for "blocks", on the quantized model otherwise)."""
-        sizes = self.sizes(n_neurons)
-        if self.schedule != "blocks":
-            return [(0, n) for n in sizes]
-        return list(zip([0] + sizes[:-1], sizes))
-
     def sizes(self, n_neurons: int) -> list[int]:
-        """How many top neurons each candidate has seen, cumulatively."""
-        if self.schedule == "blocks":
-            block = max(1, math.ceil(self.block_fraction * n_neurons))
-            return list(range(block, n_neurons, block)) + [n_neurons] if n_neurons else []
+        """How many top neurons each candidate repairs (ranking[:n], on the quantized model)."""
         if self.schedule == "linear":
             return list(range(1, n_neurons + 1))
         # A candidate of more than half of all the neurons costs nearly as much as all of them

@@ -117,17 +117,13 @@ class Repairer:
         loop_start = time.perf_counter()
         ranking = self.ranking_[: rule.max_neurons or None]
         cache = FitCache(float_layers=pass_layers(qmodel, ranking, cfg))
-        on_best = rule.schedule == "blocks"  # else every candidate starts from qmodel
-        worse = 0  # candidates in a row that made the criterion worse
-        for first, stop in progress(rule.candidates(len(ranking)), show_progress,
-                                    desc="repair"):
+        for stop in progress(rule.sizes(len(ranking)), show_progress, desc="repair"):
             if best.accuracy >= float_val:  # V has reached the float model's accuracy
                 break
             if self._out_of_time(loop_start):
                 break
             step_start = time.perf_counter()
-            base = best_model if on_best else qmodel
-            candidate, changes, solved = build_candidate(base, ranking[first:stop],
+            candidate, changes, solved = build_candidate(qmodel, ranking[:stop],
                                                          repair_images, targets, cfg, backend,
                                                          cache)
             score = guard.score(candidate.model)
@@ -136,14 +132,8 @@ class Repairer:
             self.steps_.append(step)
             logger.info("top %d neurons: validation %s (best %s) %s", stop, score, best,
                         "kept" if step.accepted else "rejected")
-            worse = 0 if step.accepted or not guard.worse(score, best) else worse + 1
             if step.accepted:
-                best, best_model = score, candidate
-                self.changes_ = self.changes_ + changes if on_best else changes
-                if on_best:  # cached LPs were built on the old base
-                    cache.results.clear()
-            elif rule.patience is not None and worse >= rule.patience:
-                break
+                best, best_model, self.changes_ = score, candidate, changes
         self.timings_["repair_loop"] = time.perf_counter() - loop_start
         self.repaired_ = best_model
         self.validation_accuracy_ = {"float": float_val, "quantized": quantized.accuracy,

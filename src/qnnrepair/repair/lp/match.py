@@ -42,7 +42,6 @@ class Match(Formulation):
         return NeuronProblem(a, target, weight, scale, bias, mode="match",
                              delta_bounds=bounds, fit_bias=False, max_rows=len(a),
                              bias_from=(summary.mean, float(group.residual_mean[j])),
-                             count_offset=layer.config.count_offset,
                              columns=self.columns(a, z, bounds, layer.config.max_columns),
                              **layer.options)
 

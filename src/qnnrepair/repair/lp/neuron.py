@@ -120,8 +120,7 @@ class NeuronProblem:
 
     `bias_from` = (mean input (J,), mean residual): when given, the bias delta is not an LP
     variable but its L2-optimal value for the integer deltas d, ``mean residual - s * mean . d``
-    (the rows of a summarized LP are centred, see repair/summary.py); with `count_offset` the
-    objectives then count the mean residual as one more row. `columns`: when given,
+    (the rows of a summarized LP are centred, see repair/summary.py). `columns`: when given,
     only those weights may move (a column reduction for wide layers); the others stay.
     """
 
@@ -143,29 +142,18 @@ class NeuronProblem:
     solver: str = DEFAULT_SOLVER
     delta_bounds: tuple[np.ndarray, np.ndarray] | None = None
     bias_from: tuple[np.ndarray, float] | None = None
-    count_offset: bool = False
     columns: np.ndarray | None = None
 
     def solve(self) -> LPResult:
         args = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("bias_from", "count_offset", "columns")}
+                if f.name not in ("bias_from", "columns")}
         result = solve_neuron_lp(**args) if self.columns is None else \
             self._solve_on_columns(args)
         if self.bias_from is None:
             return result
         mean, residual_mean = self.bias_from
         shift = self.weight_scale * float(mean @ result.delta_weight)
-        if not self.count_offset:
-            return replace(result, delta_bias=residual_mean - shift)
-        # The rows are centred: the objectives above cannot see the neuron's mean error, which
-        # the bias delta removes. It is one more row of the summary (the mean direction), so
-        # count it: a neuron whose fault is an offset is then seen to be helped by its LP.
-        k = len(self.target)
-        return replace(result, delta_bias=residual_mean - shift,
-                       objective_relaxed=result.objective_relaxed * k / (k + 1),
-                       objective_rounded=result.objective_rounded * k / (k + 1),
-                       objective_unchanged=(result.objective_unchanged * k
-                                            + abs(residual_mean)) / (k + 1))
+        return replace(result, delta_bias=residual_mean - shift)
 
     def _solve_on_columns(self, args: dict) -> LPResult:
         """Only `columns` of the weights may move: the others' part of the pre-activation is
