@@ -1,7 +1,7 @@
 """Where the accuracy of 4-bit ImageNet mobile networks goes: E7's diagnosis.
 
-    python benchmarks/experiments/e7_diagnosis.py [--models quant ptq lite1] [--layer-images 200]
-        [--fresh | --render]
+    python benchmarks/experiments/e7_diagnosis.py [--models quant ptq lite1] [--variants ...]
+        [--layer-images 50] [--fresh | --render]
 
 For each float model (the float references of the two shared MobileNetV2 .tflite files, and
 EfficientNet-Lite1 with its real weights) the same R / V / T as E7 (R = sample1000, V and T
@@ -66,11 +66,15 @@ VARIANTS = {
     "W8-pt, A float": (8, "maxabs-pt", None, True, ()),
 }
 
+EXTRA = ("W4A8 (integer model)", "per layer")
+
 
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--layer-images", type=int, default=200)
+    parser.add_argument("--variants", nargs="+", default=[*VARIANTS, *EXTRA],
+                        choices=[*VARIANTS, *EXTRA], metavar="VARIANT")
+    parser.add_argument("--layer-images", type=int, default=50)
     parser.add_argument("--n-validation", type=int, default=500)
     args = parser.parse_args()
     rows = results(NAME, args.fresh)
@@ -82,8 +86,7 @@ def main() -> None:
 
 
 def _run_model(key: str, args, rows, m: dict) -> None:
-    pending = [v for v in [*VARIANTS, "W4A8 (integer model)", "per layer"]
-               if not rows.has(model=key, variant=v)]
+    pending = [v for v in args.variants if not rows.has(model=key, variant=v)]
     if not pending:
         return
     work = _workload(key, args)
