@@ -30,6 +30,7 @@ pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 
 from qnnrepair.errors import QnnRepairError  # noqa: E402
+from qnnrepair.formats.layers import DeployedLayer  # noqa: E402
 from qnnrepair.formats.onnx_qdq import (  # noqa: E402
     QDQConv2d,
     QDQLinear,
@@ -122,6 +123,17 @@ def test_simulation_follows_fused_ort(pair):
     images = _images()
     assert_follows_ort(_simulate(model.model, images), ort_run(qdq_path, images, "all"),
                        qdq_path, True, f"{qdq_path.name} vs ORT (fused)")
+
+
+def test_float32_path_gives_the_float64_paths_bits(pair, monkeypatch):
+    """Evaluation accumulates in float32 when the sums are exact there (channels-last, 1x1
+    convolutions as matrix products); forced onto the float64 path, every output is the same."""
+    model = load_onnx_qdq(*pair).model
+    images = _images(64)
+    fast = _simulate(model, images)
+    monkeypatch.setattr(DeployedLayer, "float32_exact", lambda self: False)
+    monkeypatch.setattr(model, "channels_last", False)
+    np.testing.assert_array_equal(fast, _simulate(model, images))
 
 
 def test_float_reference_is_the_float_file(pair):

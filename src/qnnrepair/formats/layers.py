@@ -94,6 +94,12 @@ class DeployedLayer(nn.Module):
         exact integer arithmetic), else float64; checked on the current weights."""
         return torch.float32 if exact_in_float32(self._partial_sum_bound()) else torch.float64
 
+    def float32_exact(self) -> bool:
+        """Every partial sum, the bias and the accumulator are integers below 2^24, so a
+        float32 convolution with the bias added is the integer one."""
+        bias = float(self.bias_int.abs().max()) if self.bias_int.numel() else 0.0
+        return exact_in_float32(self._partial_sum_bound() + bias)
+
     def _partial_sum_bound(self) -> float:
         """The largest |partial sum| of the accumulation: largest |input| times the largest row
         L1 norm of the current weights."""
@@ -113,12 +119,10 @@ class DeployedLayer(nn.Module):
         (F.pad order): what a runtime's fp32 requantization multiplies. Computed in float32
         alone when every partial sum and the bias are integers below 2^24 (the common case,
         several times faster than float64), else rounded from the exact float64 sum."""
-        bias = float(self.bias_int.abs().max()) if self.bias_int.numel() else 0.0
-        bound = self._partial_sum_bound()
-        if exact_in_float32(bound + bias):
+        if self.float32_exact():
             return self._padded_op(xi, self.weight_int.float(), pads, self.bias_int.float())
         shape = self._channel_shape()
-        if exact_in_float32(bound):  # a large bias alone: added in float64
+        if exact_in_float32(self._partial_sum_bound()):  # a large bias alone: added in float64
             acc = self._padded_op(xi, self.weight_int.float(), pads, None).double()
         else:
             acc = self._padded_op(xi.double(), self.weight_int.double(), pads, None)
@@ -160,15 +164,8 @@ class DeployedConv2d(DeployedLayer):
     def _op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
             padding=None) -> torch.Tensor:
         padding = self.padding if padding is None else padding
-        if self._pointwise() and padding == (0, 0) and x.is_contiguous(
-                memory_format=torch.channels_last):
-            # a 1x1 convolution of an NHWC tensor is one matrix product (PyTorch's own
-            # choice for this case is its slow im2col path); same exact integers
-            n, _c, h, wd = x.shape
-            rows = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-            w = w.reshape(w.shape[0], -1).t()
-            out = rows @ w if bias is None else torch.addmm(bias, rows, w)
-            return out.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
+        if self._pointwise() and padding == (0, 0) and x.dim() == 4:
+            return _pointwise(x, w.reshape(w.shape[0], -1), bias)
         return F.conv2d(x, w, bias, self.stride, padding, self.dilation, self.groups)
 
     def _padded_op(self, x: torch.Tensor, w: torch.Tensor, pads: tuple[int, ...],
@@ -186,6 +183,21 @@ class DeployedConv2d(DeployedLayer):
     def extra_repr(self) -> str:
         return (f"weight={tuple(self.weight_int.shape)}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, per_channel={self.per_channel}")
+
+
+def _pointwise(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution (stride 1, no padding) as one matrix product, which PyTorch's own
+    choice for this case (an im2col path) is several times slower than; for integer-valued
+    operands the sums are exact, so the result is the same. `w` is (out, in)."""
+    n, c, h, wd = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+        out = rows @ w.t() if bias is None else torch.addmm(bias, rows, w.t())
+        return out.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
+    out = torch.matmul(w, x.reshape(n, c, h * wd))
+    if bias is not None:
+        out.add_(bias.reshape(-1, 1))
+    return out.reshape(n, -1, h, wd)
 
 
 class DeployedLinear(DeployedLayer):

@@ -24,7 +24,7 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats import dataflow
 from qnnrepair.formats.model import DeployedModel
 from qnnrepair.formats.onnx_qdq.build import GraphBuilder
-from qnnrepair.formats.onnx_qdq.layers import QDQ_LAYERS
+from qnnrepair.formats.onnx_qdq.layers import QDQ_LAYERS, QDQConv2d
 from qnnrepair.formats.onnx_qdq.match import check_match
 from qnnrepair.formats.onnx_qdq.reader import OnnxFile, read_onnx
 
@@ -47,6 +47,11 @@ class OnnxGraph(nn.Module):
             raise QnnRepairError(f"{source.path}: the output is a constant: nothing to simulate")
         del self._builder
         self._last_use = dataflow.last_uses(inputs for _key, inputs, _out in self.wiring)
+        # Every convolution integer (a QDQ file's): its sums are exact in any memory layout,
+        # and channels-last makes them several times faster; float ones keep PyTorch's order.
+        convolutions = [m for m in self.nodes.values() if isinstance(m, (nn.Conv2d, QDQConv2d))]
+        self.channels_last = bool(convolutions) and all(isinstance(m, QDQConv2d)
+                                                        for m in convolutions)
 
     def layer_names(self) -> list[str]:
         """Fully qualified names of the weighted layers (quantized or float), in forward order."""
@@ -58,8 +63,11 @@ class OnnxGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         steps = ((self.nodes[key], inputs, out) for key, inputs, out in self.wiring)
-        return dataflow.run(steps, {self.input_name: x.float()}, self.output_name,
-                            self._last_use)
+        x = x.float()
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = dataflow.run(steps, {self.input_name: x}, self.output_name, self._last_use)
+        return out.contiguous()
 
     def extra_repr(self) -> str:
         return f"{Path(self.path).name}, {len(self.wiring)} nodes"

@@ -71,6 +71,11 @@ class _QDQLayer(DeployedLayer):
         """Pre-activation in real units, float32 (what ONNX Runtime's float Conv / Gemm
         computes from the dequantized operands)."""
         if self.bias_on_grid:
+            if not torch.is_grad_enabled() and self.float32_exact():
+                # float32 of (exact integer accumulator x float32 scale) is the correctly
+                # rounded product, as the float64 path below rounds it: the same bits
+                acc = self._op(self.input_int(x), self.weight_int.float(), self.bias_int.float())
+                return acc.mul_(self.file_bias_scale.reshape(self._channel_shape()))
             return super().forward(x).float()
         dtype = self.accumulator_dtype()
         acc = self._op(self.input_int(x).to(dtype), self.weight_int.to(dtype)).double()

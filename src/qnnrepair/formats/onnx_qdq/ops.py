@@ -43,7 +43,7 @@ class QuantizeOp(nn.Module):
         v = x.float() / s
         if v.requires_grad:  # straight-through (localization's gradient): rounding has none
             return torch.clamp(v + (torch.round(v) - v).detach() + z, self.qmin, self.qmax)
-        return torch.clamp(torch.round(v) + z, self.qmin, self.qmax)
+        return v.round_().add_(z).clamp_(self.qmin, self.qmax)  # v is new: in place
 
     def extra_repr(self) -> str:
         return f"grid=[{self.qmin}, {self.qmax}], per_axis={self.scale.numel() > 1}"
@@ -65,7 +65,7 @@ class DequantizeOp(nn.Module):
     def forward(self, q: torch.Tensor) -> torch.Tensor:
         s = _axis_shape(self.scale, self.axis, q.dim())
         z = _axis_shape(self.zero_point, self.axis, q.dim())
-        return (q.float() - z) * s
+        return (q.float() - z).mul_(s)
 
 
 class Binary(nn.Module):
@@ -107,8 +107,10 @@ class Clip(nn.Module):
 
 
 class GlobalAveragePool(nn.Module):
+    """Means in NCHW order (contiguous first): the float32 sum's order decides ties."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        return x.contiguous().mean(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
 class ReduceMean(nn.Module):
@@ -121,7 +123,7 @@ class ReduceMean(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         axes = tuple(range(x.dim())) if self.axes is None else tuple(a % x.dim() for a in self.axes)
-        return x.mean(dim=axes, keepdim=self.keepdims)
+        return x.contiguous().mean(dim=axes, keepdim=self.keepdims)  # NCHW order, as above
 
 
 class Pool(nn.Module):
