@@ -31,14 +31,16 @@ def last_uses(inputs_per_step: Iterable[list[Hashable]]) -> dict[Hashable, int]:
 
 
 def run(steps: Iterable[tuple[nn.Module, list[Hashable], Hashable]],
-        values: dict[Hashable, torch.Tensor], output: Hashable,
-        last_use: dict[Hashable, int], call=None) -> torch.Tensor:
-    """Run (module, inputs, output) steps on `values` (the graph input already in it) and
-    return the value `output`; `call(module, *inputs)` runs one step (default: module(*inputs))."""
-    for i, (module, inputs, out) in enumerate(steps):
+        values: dict[Hashable, torch.Tensor], output: Hashable | None,
+        last_use: dict[Hashable, int], call=None, start: int = 0):
+    """Run (module, inputs, output) steps on `values` (the graph input, or the values live at
+    step `start`, already in it) and return the value `output`, or with `output` None the
+    values live after the last step given; `call(module, *inputs)` runs one step (default:
+    module(*inputs))."""
+    for i, (module, inputs, out) in enumerate(steps, start):
         args = [values[name] for name in inputs]
         values[out] = module(*args) if call is None else call(module, *args)
         for name in inputs:
             if last_use.get(name) == i and name != output:
                 del values[name]
-    return values[output]
+    return values if output is None else values[output]

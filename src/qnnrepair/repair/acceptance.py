@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from qnnrepair.divergence import kl_from_log_probs, log_probs
-from qnnrepair.evaluation import logits_of
+from qnnrepair.evaluation import batch_size_for, logits_of
+from qnnrepair.formats.prefix import PrefixCache, supports_prefix
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,19 @@ class Guard:
         self.float_log_probs = log_probs(logits_of(float_model, images))
         self.float_accuracy = 100.0 * (self.float_log_probs.argmax(dim=1) == labels).double() \
             .mean().item()
+        self.prefix: PrefixCache | None = None
+
+    def reuse_prefix(self, base) -> None:
+        """Score models that are `base` with some integers changed from the values `base` has
+        before the first change (formats/prefix.py), where `base` is a graph that allows it."""
+        if supports_prefix(base):
+            self.prefix = PrefixCache(base, self.images, batch_size_for(self.images))
 
     def score(self, model) -> Score:
-        logits = logits_of(model, self.images).double()
+        if self.prefix is not None and type(model) is type(self.prefix.base):
+            logits = self.prefix.logits(model).double()
+        else:
+            logits = logits_of(model, self.images).double()
         accuracy = 100.0 * (logits.argmax(dim=1) == self.labels).double().mean().item()
         per_image = kl_from_log_probs(self.float_log_probs, log_probs(logits))
         return Score(accuracy, per_image.mean().item(), per_image)

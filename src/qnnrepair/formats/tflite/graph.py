@@ -51,7 +51,8 @@ class TFLiteGraph(nn.Module):
     roundings between ops would otherwise stop every gradient.
 
     When nothing observes a step (no autograd, no hook: evaluation), the integer simulation
-    runs on centred integers (`_run_integers`): the same integers, several times faster."""
+    runs on centred integers (`start_values`, `advance`, `finish`): the same integers, several
+    times faster."""
 
     def __init__(self, source: TFLiteFile) -> None:
         super().__init__()
@@ -91,31 +92,55 @@ class TFLiteGraph(nn.Module):
         return (x - self.input_q.zero_point) * self.input_q.scale
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        output, n_steps = ((self.logits_index, self.logits_steps) if self.return_logits
-                           else (self.output_index, len(self.ops)))
+        if not self.float_mode and not torch.is_grad_enabled() and not _hooked(self):
+            return self.finish(self.start_values(pixels), 0)
+        output, n_steps = self._end()
+        x = self.preprocess(pixels)
         steps = ((module, inputs, out) for module, (inputs, out)
                  in islice(zip(self.ops, self.wiring), n_steps))
-        x = self.preprocess(pixels)
-        if self.float_mode:
-            return dataflow.run(steps, {self.input_index: x}, output, self._last_use)
-        if not torch.is_grad_enabled() and not _hooked(self):
-            return self._run_integers(steps, x, output)
-        call = _straight_through if torch.is_grad_enabled() else None
+        call = _straight_through if torch.is_grad_enabled() and not self.float_mode else None
         return dataflow.run(steps, {self.input_index: x}, output, self._last_use, call)
 
-    def _run_integers(self, steps, x: torch.Tensor, output: int) -> torch.Tensor:
-        """The integer simulation on centred integers r = q - z (float32; real values for float
-        tensors), channels-last (exact integer convolutions are fastest so); real values out."""
+    def _end(self) -> tuple[int, int]:
+        """The output value and the number of steps that compute it."""
+        return ((self.logits_index, self.logits_steps) if self.return_logits
+                else (self.output_index, len(self.ops)))
+
+    # The integer simulation on centred integers r = q - z (float32; real values for float
+    # tensors), channels-last (exact integer convolutions are fastest so): what evaluation
+    # runs, in pieces, so that a candidate changed from step k on can start from the values
+    # live at step k (formats/prefix.py).
+
+    def start_values(self, pixels: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The values live before the first step: the input, as centred integers."""
+        x = self.preprocess(pixels)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         grid = self.grids[self.input_index]
-        values = {self.input_index: x if grid is None else grid.centred(x)}
+        return {self.input_index: x if grid is None else grid.centred(x)}
 
-        steps = ((self._integer_step(module, inputs, out), inputs, out)
-                 for module, inputs, out in steps)
-        r = dataflow.run(steps, values, output, self._last_use)
+    def advance(self, values: dict, start: int, stop: int) -> dict[int, torch.Tensor]:
+        """Run steps [start, stop) on the values live at `start`: the values live at `stop`."""
+        steps = ((self._integer_step(module, inputs, out), inputs, out) for module, (inputs, out)
+                 in islice(zip(self.ops, self.wiring), start, stop))
+        return dataflow.run(steps, values, None, self._last_use, start=start)
+
+    def finish(self, values: dict, start: int) -> torch.Tensor:
+        """The output (real values) from the values live at step `start`."""
+        output, n_steps = self._end()
+        r = self.advance(values, start, n_steps)[output]
         grid = self.grids[output]
         return (r if grid is None else grid.real(r)).contiguous()
+
+    def first_changed_step(self, base: TFLiteGraph) -> int:
+        """The first step whose integers differ from `base`'s (a graph of the same file);
+        the number of steps when none does."""
+        for i, (mine, theirs) in enumerate(zip(self.ops, base.ops)):
+            if isinstance(mine, ops.ConvOp) and not (
+                    torch.equal(mine.conv.weight_int, theirs.conv.weight_int)
+                    and torch.equal(mine.conv.bias_int, theirs.conv.bias_int)):
+                return i
+        return len(self.ops)
 
     def _integer_step(self, module: ops.TFLiteOp, inputs: list[int], out: int):
         """One op as a function of centred integers: its integer_forward, its forward where it

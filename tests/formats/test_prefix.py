@@ -1,0 +1,72 @@
+"""formats/prefix.py: candidates scored from the values the unchanged graph has at their first
+change give the bits of a full pass, whatever the budget, and skip the steps before it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("tflite", reason="needs the tflite extra: pip install 'qnnrepair[tflite]'")
+
+from qnnrepair.evaluation import logits_of  # noqa: E402
+from qnnrepair.formats.prefix import PrefixCache  # noqa: E402
+from qnnrepair.formats.tflite import load_tflite  # noqa: E402
+from qnnrepair.repair.acceptance import Guard  # noqa: E402
+
+from .tflite_builder import tiny_model  # noqa: E402
+
+
+@pytest.fixture(params=["int8", "uint8"])
+def model(request, tmp_path):
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(tiny_model(request.param))
+    return load_tflite(path)
+
+
+def _images(n: int = 40) -> torch.Tensor:
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3))
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+
+
+def _changed(model, layer: int):
+    """A copy with one weight of the given layer moved one step (within its grid)."""
+    copy = model.copy()
+    weights = copy.layer(copy.layers[layer]).weight_int.view(-1)
+    weights[0] += 1 if weights[0] < copy.layer(copy.layers[layer]).qmax else -1
+    return copy.model
+
+
+@pytest.mark.parametrize("budget", [0, 10**9])
+def test_candidates_get_the_bits_of_a_full_pass(model, budget):
+    images = _images()
+    cache = PrefixCache(model.model, images, batch_size=16, budget_bytes=budget)
+    # later layers first, then earlier ones, then a later one again: every path of the cache
+    for layer in [3, 2, 1, 0, 2, 3]:
+        candidate = _changed(model, layer)
+        assert torch.equal(cache.logits(candidate), logits_of(candidate, images))
+    assert torch.equal(cache.logits(model.model), logits_of(model.model, images))
+    if budget:
+        assert cache.entries and cache.reused_steps > 0
+    else:
+        assert not cache.entries and cache.reused_steps == 0
+
+
+def test_first_changed_step_is_the_changed_layers_op(model):
+    ops = [int(name.split(".")[1]) for name in model.layers]
+    for layer, op in enumerate(ops):
+        assert _changed(model, layer).first_changed_step(model.model) == op
+    assert model.model.first_changed_step(model.model) == len(model.model.ops)
+
+
+def test_guard_scores_the_same_with_and_without_the_prefix(model):
+    images, labels = _images(), torch.arange(40) % 5
+    plain = Guard(model.float_model, images, labels)
+    reusing = Guard(model.float_model, images, labels)
+    reusing.reuse_prefix(model.model)
+    assert reusing.prefix is not None and plain.prefix is None
+    for layer in [3, 1]:
+        candidate = _changed(model, layer)
+        a, b = plain.score(candidate), reusing.score(candidate)
+        assert (a.accuracy, a.divergence) == (b.accuracy, b.divergence)
+        assert torch.equal(a.per_image, b.per_image)
