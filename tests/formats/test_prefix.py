@@ -1,5 +1,6 @@
 """formats/prefix.py: candidates scored from the values the unchanged graph has at their first
-change give the bits of a full pass, whatever the budget, and skip the steps before it."""
+change give the bits of a full pass, whatever the budget, and skip the steps before it; for
+a .tflite and an ONNX QDQ graph."""
 
 from __future__ import annotations
 
@@ -8,23 +9,34 @@ import pytest
 import torch
 
 pytest.importorskip("tflite", reason="needs the tflite extra: pip install 'qnnrepair[tflite]'")
+pytest.importorskip("onnxruntime", reason="needs the export extra")
 
 from qnnrepair.evaluation import logits_of  # noqa: E402
+from qnnrepair.formats.onnx_qdq import load_onnx_qdq  # noqa: E402
 from qnnrepair.formats.prefix import PrefixCache  # noqa: E402
 from qnnrepair.formats.tflite import load_tflite  # noqa: E402
 from qnnrepair.repair.acceptance import Guard  # noqa: E402
+from qnnrepair.testing import example_inputs  # noqa: E402
 
+from .onnx_qdq_builder import export_float, ops_net, quantize_qdq  # noqa: E402
 from .tflite_builder import tiny_model  # noqa: E402
 
 
-@pytest.fixture(params=["int8", "uint8"])
+@pytest.fixture(params=["tflite-int8", "tflite-uint8", "onnx-qdq"])
 def model(request, tmp_path):
+    if request.param == "onnx-qdq":
+        float_path = export_float(ops_net(), tmp_path / "ops.onnx")
+        qdq_path = quantize_qdq(float_path, tmp_path / "ops.qdq.onnx", True, example_inputs(64),
+                                False)
+        return load_onnx_qdq(float_path, qdq_path)
     path = tmp_path / "tiny.tflite"
-    path.write_bytes(tiny_model(request.param))
+    path.write_bytes(tiny_model(request.param.removeprefix("tflite-")))
     return load_tflite(path)
 
 
-def _images(n: int = 40) -> torch.Tensor:
+def _images(model, n: int = 40) -> torch.Tensor:
+    if model.format_name == "onnx-qdq":
+        return example_inputs(n, seed=1)
     pixels = np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3))
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
 
@@ -39,10 +51,11 @@ def _changed(model, layer: int):
 
 @pytest.mark.parametrize("budget", [0, 10**9])
 def test_candidates_get_the_bits_of_a_full_pass(model, budget):
-    images = _images()
+    images = _images(model)
     cache = PrefixCache(model.model, images, batch_size=16, budget_bytes=budget)
+    last = len(model.layers) - 1
     # later layers first, then earlier ones, then a later one again: every path of the cache
-    for layer in [3, 2, 1, 0, 2, 3]:
+    for layer in [last, last - 1, 1, 0, last - 1, last]:
         candidate = _changed(model, layer)
         assert torch.equal(cache.logits(candidate), logits_of(candidate, images))
     assert torch.equal(cache.logits(model.model), logits_of(model.model, images))
@@ -52,20 +65,25 @@ def test_candidates_get_the_bits_of_a_full_pass(model, budget):
         assert not cache.entries and cache.reused_steps == 0
 
 
-def test_first_changed_step_is_the_changed_layers_op(model):
-    ops = [int(name.split(".")[1]) for name in model.layers]
-    for layer, op in enumerate(ops):
-        assert _changed(model, layer).first_changed_step(model.model) == op
-    assert model.model.first_changed_step(model.model) == len(model.model.ops)
+def test_first_changed_step_is_the_changed_layers_step(model):
+    graph = model.model
+    steps = ([int(name.split(".")[1]) for name in model.layers] if model.format_name == "tflite"
+             else [[f"nodes.{key}" for key, _, _ in graph.wiring].index(name)
+                   for name in model.layers])
+    for layer, step in enumerate(steps):
+        assert _changed(model, layer).first_changed_step(graph) == step
+    n_steps = len(graph.ops) if model.format_name == "tflite" else len(graph.wiring)
+    assert graph.first_changed_step(graph) == n_steps
 
 
 def test_guard_scores_the_same_with_and_without_the_prefix(model):
-    images, labels = _images(), torch.arange(40) % 5
+    images = _images(model)
+    labels = torch.arange(40) % int(model.float_model(images[:1]).shape[1])
     plain = Guard(model.float_model, images, labels)
     reusing = Guard(model.float_model, images, labels)
     reusing.reuse_prefix(model.model)
     assert reusing.prefix is not None and plain.prefix is None
-    for layer in [3, 1]:
+    for layer in [len(model.layers) - 1, 1]:
         candidate = _changed(model, layer)
         a, b = plain.score(candidate), reusing.score(candidate)
         assert (a.accuracy, a.divergence) == (b.accuracy, b.divergence)

@@ -14,6 +14,7 @@ one quantized (match.py), and returns an OnnxQDQModel. How nodes become modules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import ClassVar
 
@@ -62,12 +63,38 @@ class OnnxGraph(nn.Module):
         return [n for n in self.layer_names() if isinstance(self.get_submodule(n), QDQ_LAYERS)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        steps = ((self.nodes[key], inputs, out) for key, inputs, out in self.wiring)
+        return self.finish(self.start_values(x), 0)
+
+    # The pass in pieces, so that a candidate changed from step k on can start from the values
+    # live at step k (formats/prefix.py).
+
+    def start_values(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The values live before the first step: the input."""
         x = x.float()
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = dataflow.run(steps, {self.input_name: x}, self.output_name, self._last_use)
-        return out.contiguous()
+        return {self.input_name: x}
+
+    def advance(self, values: dict, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Run steps [start, stop) on the values live at `start`: the values live at `stop`."""
+        steps = ((self.nodes[key], inputs, out)
+                 for key, inputs, out in islice(self.wiring, start, stop))
+        return dataflow.run(steps, values, None, self._last_use, start=start)
+
+    def finish(self, values: dict, start: int) -> torch.Tensor:
+        """The graph's output from the values live at step `start`."""
+        return self.advance(values, start, len(self.wiring))[self.output_name].contiguous()
+
+    def first_changed_step(self, base: OnnxGraph) -> int:
+        """The first step whose integers differ from `base`'s (a graph of the same file);
+        the number of steps when none does."""
+        for i, (key, _inputs, _out) in enumerate(self.wiring):
+            mine, theirs = self.nodes[key], base.nodes[key]
+            if isinstance(mine, QDQ_LAYERS) and not (
+                    torch.equal(mine.weight_int, theirs.weight_int)
+                    and torch.equal(mine.bias_int, theirs.bias_int)):
+                return i
+        return len(self.wiring)
 
     def extra_repr(self) -> str:
         return f"{Path(self.path).name}, {len(self.wiring)} nodes"
