@@ -134,13 +134,14 @@ class TFLiteGraph(nn.Module):
 
     def first_changed_step(self, base: TFLiteGraph) -> int:
         """The first step whose integers differ from `base`'s (a graph of the same file);
-        the number of steps when none does."""
-        for i, (mine, theirs) in enumerate(zip(self.ops, base.ops)):
+        the number of steps the output takes when none does."""
+        n_steps = self._end()[1]
+        for i, (mine, theirs) in enumerate(zip(self.ops[:n_steps], base.ops)):
             if isinstance(mine, ops.ConvOp) and not (
                     torch.equal(mine.conv.weight_int, theirs.conv.weight_int)
                     and torch.equal(mine.conv.bias_int, theirs.conv.bias_int)):
                 return i
-        return len(self.ops)
+        return n_steps
 
     def _integer_step(self, module: ops.TFLiteOp, inputs: list[int], out: int):
         """One op as a function of centred integers: its integer_forward, its forward where it
