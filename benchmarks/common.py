@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from qnnrepair.bench.record import Rows  # noqa: F401 (the scripts' row store)
+from qnnrepair.bench.run import Clock  # noqa: F401 (the scripts' clock)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -58,40 +58,3 @@ def command() -> str:
                                  *sys.argv[1:]])
 
 
-class Rows:
-    """Result rows kept in a JSON file, so an interrupted benchmark resumes where it stopped."""
-
-    def __init__(self, path: Path, fresh: bool) -> None:
-        self.path = path
-        self.rows: list[dict] = [] if fresh or not path.exists() else \
-            json.loads(path.read_text())["rows"]
-
-    def has(self, **key) -> bool:
-        return any(all(r.get(k) == v for k, v in key.items()) for r in self.rows)
-
-    def get(self, **key) -> dict | None:
-        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
-
-    def add(self, row: dict, meta: dict) -> None:
-        self.rows.append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=1))
-        tmp.replace(self.path)
-
-
-def _cpu_seconds() -> float:
-    t = os.times()  # children: the LP worker processes, once their pool has closed
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class Clock:
-    """Wall seconds and CPU seconds (all threads, and finished worker processes) of a block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = _cpu_seconds() - self.cpu

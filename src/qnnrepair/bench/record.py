@@ -10,6 +10,29 @@ from qnnrepair.errors import QnnRepairError
 from qnnrepair.fileio import atomic_path
 
 
+class Rows:
+    """Result rows of a benchmark script kept in a JSON file ({"meta", "rows"}), rewritten
+    atomically after every row, so an interrupted run resumes where it stopped."""
+
+    def __init__(self, path: Path, fresh: bool) -> None:
+        self.path = path
+        self.rows: list[dict] = [] if fresh or not path.exists() else \
+            json.loads(path.read_text())["rows"]
+
+    def has(self, **key) -> bool:
+        return self.get(**key) is not None
+
+    def get(self, **key) -> dict | None:
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    def add(self, row: dict, meta: dict) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": self.rows}, indent=1))
+        tmp.replace(self.path)
+
+
 class BenchRecord:
     """The rows of one bench run, kept in <stem>.json and rewritten with the Markdown table and
     the plot after every (model, setting), so that a long run can be split into invocations:

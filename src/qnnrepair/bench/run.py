@@ -27,18 +27,19 @@ logger = logging.getLogger(__name__)
 SPLITS = SPLIT_NAMES
 
 
-class _Clock:
-    """Wall and CPU seconds (threads and finished worker processes) of a block."""
+class Clock:
+    """Wall and CPU seconds (all threads, and worker processes once their pool has closed) of
+    a block: the clock of the bench and of every benchmark script."""
 
     def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), _cpu()
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
         return self
 
     def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
 
 
-def _cpu() -> float:
+def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -52,14 +53,14 @@ def run_setting(work: Workload, setting: str, config: BenchConfig,
     """All methods for one model and one quantization setting; one row per method, then one per
     `on_top` method that ran, repaired after it."""
     rows: list[dict] = []
-    with _Clock() as clock:
+    with Clock() as clock:
         rtn = quantize(work.model, QuantConfig.from_setting(setting), work.images("repair"),
                        model_spec=work.model_spec, seed=config.seed)
     base_cpu = clock.cpu
     float_acc = _accuracies(rtn.float_model, work)
     finished: dict[str, tuple[QuantizedModel, float]] = {}
 
-    def add(name: str, model: QuantizedModel, clock: _Clock, extra_cpu: float) -> None:
+    def add(name: str, model: QuantizedModel, clock: Clock, extra_cpu: float) -> None:
         rows.append({"model": work.model_spec, "setting": setting, "method": name,
                      "float": float_acc, "result": _accuracies(model.model, work),
                      "cpu_s": clock.cpu + extra_cpu, "wall_s": clock.wall})
@@ -69,7 +70,7 @@ def run_setting(work: Workload, setting: str, config: BenchConfig,
     for name in progress(config.methods, show_progress, desc=f"{work.model_spec} {setting}"):
         method = get_method(name)
         logger.info("%s %s: %s (%s)", work.model_spec, setting, name, method.label)
-        with _Clock() as clock:
+        with Clock() as clock:
             model = method.run(rtn, work, setting, config)
         add(name, model, clock, extra_cpu=base_cpu)
         finished[name] = (model, clock.cpu + base_cpu)
@@ -78,7 +79,7 @@ def run_setting(work: Workload, setting: str, config: BenchConfig,
         if name not in finished:
             continue
         model, cpu = finished[name]
-        with _Clock() as clock:
+        with Clock() as clock:
             repaired = stacked.run(model, work, setting, config)
         add(f"{name}+{stacked.name}", repaired, clock, extra_cpu=cpu)
     return rows
