@@ -7,7 +7,7 @@ The top --first % of the gradient ranking is repaired (default LPs, no guard, as
 for each of the next --count neurons of the ranking, the same repair with that neuron added (its
 LPs and those of the repaired neurons below it solved again). Per neuron: the measured change
 of D (KL to the float model summed over R) and of test accuracy; the first-order change of D
-predicted from the repair's weight and bias deltas (qnnrepair.localization.weight_gradients),
+predicted from the repair's weight and bias deltas (qnnrepair.experimental.weight_gradients),
 with the gradient taken at the quantized model Q and at the top --first % model; and its
 gradient blame (the first-order drop of D if its output were the float one) at both. Writes
 e2_interactions.json / .md.
@@ -21,7 +21,7 @@ import torch
 from common import git_revision
 from e2_metrics import count
 
-from qnnrepair.localization import weight_gradients
+from qnnrepair.experimental import weight_gradients
 from qnnrepair.localization.blame import kl_divergence
 from qnnrepair.quantization import batches
 from qnnrepair.repair import Repairer, preset
@@ -111,7 +111,7 @@ def render(rows: list[dict], m: dict) -> None:
                  "and at the model with only the top ones repaired. Negative: D drops. "
                  "Blame: the neuron's gradient blame (the first-order drop of D if its output "
                  "were the float one) at Q, as ranked, and taken again at the model with the "
-                 "top ones repaired, as Repairer.rank_in_rounds ranks.")
+                 "top ones repaired, as experimental.rank_in_rounds ranks.")
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
         first = sub[0]

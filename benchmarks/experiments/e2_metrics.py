@@ -12,7 +12,7 @@ validation guard, so the ranking alone decides what changes; "all" repairs every
 reference). Random is run with several seeds to show its spread. A metric "name@rule" is an
 SBFL metric on spectra from the state rule `rule` (e.g. ochiai@graded_error); "name+roundsP"
 ranks in rounds of P % of the neurons (5 when P is left out), each on the model with the
-neurons chosen so far repaired (Repairer.rank_in_rounds). `--neurons`
+neurons chosen so far repaired (qnnrepair.experimental.rank_in_rounds). `--neurons`
 gives absolute counts instead of fractions (the seed's N = 1, 5, 10, 50).
 
 Two processes can share the machine by writing to their own `--name` with `--without-all` (the
@@ -42,6 +42,7 @@ from _shared import (
 )
 from common import git_revision
 
+from qnnrepair.experimental import rank_in_rounds
 from qnnrepair.localization import METRICS, make_localizer
 from qnnrepair.quantization import batches
 from qnnrepair.repair import Repairer, preset
@@ -143,7 +144,7 @@ def rank(qmodel, layers, work, metric: str, seed: int, n_neurons: int | None = N
         repairer = Repairer(config)
         n_ranked = sum(qmodel.layer(k).out_features for k in layers)
         size = count(f"{percent or 5}%", n_ranked)
-        return repairer.rank_in_rounds(qmodel, n_neurons or n_ranked, size, images, labels)
+        return rank_in_rounds(repairer, qmodel, n_neurons or n_ranked, size, images, labels)
     localizer = make_localizer(name, state_rule=rule or "relative_error", seed=seed)
     return localizer.fit(qmodel.float_model, qmodel.model, layers,
                          list(zip(batches(images, 250), batches(labels, 250)))).ranking_

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qnnrepair.errors import QnnRepairError
+from qnnrepair.experimental import weight_gradients
 from qnnrepair.localization import (
     CounterfactualBlame,
     GradedError,
@@ -26,7 +27,6 @@ from qnnrepair.localization import (
     compute_scores,
     make_localizer,
     record_spectrum,
-    weight_gradients,
 )
 from qnnrepair.localization.blame import (
     _ClippedStraightThrough,

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qnnrepair.evaluation import accuracy
+from qnnrepair.experimental import rank_in_rounds
 from qnnrepair.quantization import QuantConfig, quantize
 from qnnrepair.repair import Repairer, preset
 from qnnrepair.repair.engine import fast_layout
@@ -154,7 +155,7 @@ def test_ranking_in_rounds_ranks_each_round_on_the_model_repaired_so_far():
     qmodel, r_x, r_y, _, _ = tiny_case(7)
     repairer = Repairer(preset("default", n_workers=1))
     plain = fit_localizer(qmodel, r_x, r_y, repairer.config).ranking_
-    rounds = repairer.rank_in_rounds(qmodel, 6, 3, r_x, r_y)
+    rounds = rank_in_rounds(repairer, qmodel, 6, 3, r_x, r_y)
     assert rounds[:3] == plain[:3]
     repaired, changes, _ = repairer.repair_neurons(qmodel, rounds[:3], r_x, r_y)
     assert changes, "round one changed nothing: round two would rank the same model"
@@ -162,8 +163,8 @@ def test_ranking_in_rounds_ranks_each_round_on_the_model_repaired_so_far():
     assert rounds[3:] == [n for n in again if n not in rounds[:3]][:3]
     assert len(set(rounds)) == 6
     print(f"plain {plain[:6]}\nrounds {rounds}")
-    assert repairer.rank_in_rounds(qmodel, 6, 3, r_x, r_y) == rounds
-    assert repairer.rank_in_rounds(qmodel, 4, 10, r_x, r_y) == plain[:4]
-    assert len(repairer.rank_in_rounds(qmodel, 10**6, 1000, r_x, r_y)) == len(plain)
+    assert rank_in_rounds(repairer, qmodel, 6, 3, r_x, r_y) == rounds
+    assert rank_in_rounds(repairer, qmodel, 4, 10, r_x, r_y) == plain[:4]
+    assert len(rank_in_rounds(repairer, qmodel, 10**6, 1000, r_x, r_y)) == len(plain)
     with pytest.raises(QnnRepairError, match="round_size must be at least 1"):
-        repairer.rank_in_rounds(qmodel, 6, 0, r_x, r_y)
+        rank_in_rounds(repairer, qmodel, 6, 0, r_x, r_y)

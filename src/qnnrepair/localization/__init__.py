@@ -13,7 +13,6 @@ from qnnrepair.localization.blame import (
     CounterfactualBlame,
     GradientBlame,
     register_divergence,
-    weight_gradients,
 )
 from qnnrepair.localization.factory import (
     BLAME_LOCALIZERS,
@@ -82,5 +81,4 @@ __all__ = [
     "register_state_rule",
     "safe_divide",
     "score_layers",
-    "weight_gradients",
 ]

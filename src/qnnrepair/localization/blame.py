@@ -230,7 +230,8 @@ def weight_gradients(float_model: nn.Module, quant_model: nn.Module, layers: Seq
     dequantized weight and bias, summed over the inputs; D and the straight-through gradient as
     in GradientBlame. The first-order change of D when the layer's weights and bias move by
     (dW, db) is sum(gW * dW) + sum(gb * db): what a repair's change is predicted to do to D at
-    the model the gradient was taken on (benchmarks/experiments/e2_interactions.py)."""
+    the model the gradient was taken on. A research helper (benchmarks/experiments/
+    e2_interactions.py), exported by qnnrepair.experimental, not by the localization package."""
     layers, _, quant_modules = _named_layers(float_model, quant_model, layers)
     device = device_of(float_model)
     sums: dict[str, list[torch.Tensor]] = {}

@@ -155,28 +155,6 @@ class Repairer:
                                                          targets, self.config, backend, FitCache())
         return as_given(candidate, qmodel), changes, _step(list(neurons), solved)
 
-    def rank_in_rounds(self, qmodel: QuantizedModel, n_neurons: int, round_size: int,
-                       repair_images: torch.Tensor, repair_labels: torch.Tensor) -> list[Neuron]:
-        """A ranking of `n_neurons` chosen `round_size` at a time: each round ranks the neurons
-        not chosen yet (config.localization) on `qmodel` with the chosen ones repaired
-        (repair_neurons) and takes its top. Blame at Q misleads once some neurons are fixed:
-        a neuron whose error offset another's raises D when repaired after it (ResNet-20 W3A8:
-        10 of the 16 neurons after the top 5 %, benchmarks/results/experiments/
-        e2_interactions.md)."""
-        if round_size < 1:
-            raise QnnRepairError(f"round_size must be at least 1, got {round_size}")
-        chosen: list[Neuron] = []
-        current = qmodel
-        while True:
-            taken = set(chosen)
-            ranked = fit_localizer(current, repair_images, repair_labels, self.config).ranking_
-            chosen += [n for n in ranked if n not in taken][:min(round_size,
-                                                                  n_neurons - len(chosen))]
-            logger.info("ranking in rounds: %d of %d neurons chosen", len(chosen), n_neurons)
-            if len(chosen) >= min(n_neurons, len(ranked)):
-                return chosen
-            current, _, _ = self.repair_neurons(qmodel, chosen, repair_images, repair_labels)
-
     def schedule(self, n_neurons: int) -> list[int]:
         """How many top neurons each candidate repairs (AcceptanceConfig.sizes)."""
         return self.config.acceptance.sizes(n_neurons)
