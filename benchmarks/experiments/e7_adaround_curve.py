@@ -1,0 +1,66 @@
+"""AdaRound's cost curve on E7's MobileNetV2 W4A8: iterations per layer against top-1.
+
+    python benchmarks/experiments/e7_adaround_curve.py [--iterations 250 1000 4000]
+        [--images 256] [--file quant] [--fresh | --render]
+
+The published setting (10,000 to 20,000 iterations per layer on 1,024 images) does not fit
+this 2-core machine (E7's 1,000 iterations on 256 images took about 1,250 CPU s); this runs
+E7's `adaround` row (the file's float reference re-quantized W4A8 per channel, first and last
+layer at 8 bits, R / V / T as in E7) at growing iteration counts, each in its own process
+(e7_imagenet.py's child), so a reader sees where accuracy flattens and what each step costs.
+Writes benchmarks/results/experiments/e7_adaround_curve.{md,json}; rows are kept as they
+finish and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _shared import arguments, header, meta, results, write
+from e7_imagenet import FILES, child
+
+NAME = "e7_adaround_curve"
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--iterations", nargs="+", type=int, default=[250, 1000, 4000])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--file", default="quant", choices=FILES)
+    args = parser.parse_args()
+    rows = results(NAME, args.fresh)
+    m = meta(file=args.file, images=args.images)
+    if not args.render:
+        # what e7_imagenet.py's child passes on, at E7's defaults
+        args.n_repair, args.n_validation, args.bc_images = 1000, 500, 64
+        args.adaround_images = args.images
+        for iterations in args.iterations:
+            if rows.has(file=args.file, iterations=iterations, images=args.images):
+                continue
+            args.adaround_iters = iterations
+            print(f"AdaRound {iterations} iterations ...", file=sys.stderr, flush=True)
+            row = child(args, args.file, "w4a8", ["adaround"])[0]
+            rows.add({**row, "iterations": iterations, "images": args.images}, m)
+    render(rows.rows, m)
+
+
+def render(rows: list[dict], m: dict) -> None:
+    what = ("Top-1 (%) of AdaRound on E7's MobileNetV2 W4A8 (per channel, first and last layer "
+            "at 8 bits, BatchNorm folded) by iterations per layer; R = sample1000, V / T = "
+            "halves of nips17. CPU s include the RTN quantization it starts from.")
+    lines = header("AdaRound's cost curve (E7, MobileNetV2 W4A8)", m, what)
+    if rows:
+        f = rows[0]["float"]
+        lines += [f"Float reference: V {f['validation']:.1f}, T {f['test']:.1f}.", ""]
+    lines += ["| file | images | iterations | V | T | T - float | CPU s | wall s | revision |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["file"], r["images"], r["iterations"])):
+        t = r["result"]["test"]
+        lines.append(f"| {FILES[r['file']]} | {r['images']} | {r['iterations']} | "
+                     f"{r['result']['validation']:.1f} | {t:.1f} | {t - r['float']['test']:+.1f} "
+                     f"| {r['cpu_s']:.0f} | {r['wall_s']:.0f} | {r.get('revision', '-')} |")
+    write(NAME, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
