@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from _shared import Clock, arguments, header, meta, results, write
+from _shared import Clock, arguments, commands, header, meta, results, write
+from common import git_revision
 
 from qnnrepair.data.splits import spread
 from qnnrepair.evaluation import accuracy
@@ -103,7 +104,8 @@ def _run_model(key: str, args, rows, m: dict) -> None:
                 with _fake_quantized(rtn, *VARIANTS[variant]):
                     result = _accuracies(rtn.model, work)
         rows.add({"model": key, "variant": variant, "result": result, "cpu_s": clock.cpu,
-                  "splits": work.split_description, "at": time.strftime("%H:%M")}, m)
+                  "splits": work.split_description, "command": m["command"],
+                  "revision": git_revision(), "at": time.strftime("%H:%M")}, m)
 
 
 def _workload(key: str, args):
@@ -187,6 +189,7 @@ def render(rows: list[dict], m: dict) -> None:
             "(see the script's docstring); 'per layer': the ten layers whose rounding costs most, "
             "on the first images of V.")
     lines = header("E7 diagnosis: where the accuracy of W4A8 goes", m, what)
+    lines[4:5] = commands(rows, "", with_revisions=True)
     for key, title in MODELS.items():
         block = [r for r in rows if r["model"] == key]
         if not block:

@@ -10,8 +10,9 @@ freed heap back (malloc_trim); where the C library has no malloc_trim it does no
 Within a phase the opposite helps: every forward pass of an ImageNet batch allocates
 activations of tens of megabytes, above glibc's mmap threshold, so each one is mapped fresh
 from the system and its pages faulted in again (a third of the integer simulation's time on
-MobileNetV2). `keep_freed_memory()` raises the mmap and trim thresholds so those buffers are
-reused from the heap; release_free_memory() still hands them back between phases. It changes
+MobileNetV2). `keep_freed_memory()` raises the mmap and trim thresholds to KEPT_BYTES, so
+those buffers are reused from the heap and at most that much freed memory stays held;
+release_free_memory() still hands it back between phases. It changes
 the whole process, so the library never calls it: the CLI does, at start.
 """
 
@@ -21,9 +22,10 @@ import ctypes
 import ctypes.util
 import functools
 
-# glibc's mallopt parameters, and the size up to which freed buffers stay in the heap.
+# glibc's mallopt parameters, and the size up to which freed buffers stay in the heap: a
+# forward pass of ten ImageNet images reuses about 200 MB.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-KEPT_BYTES = 1 << 30
+KEPT_BYTES = 256 << 20
 
 
 @functools.cache
