@@ -184,12 +184,43 @@ def _per_layer(rtn, work, n_images: int) -> list[dict]:
     return table.to_dict()
 
 
+SUMMARY = (("4-bit weights, A float", "W4 maxabs, A float"),
+           ("8-bit activations, W float", "W float, A8"),
+           ("W8A8", "W8A8 maxabs"),
+           ("W4A8 max-abs grid", "W4A8 maxabs"), ("W4A8 MSE grid", "W4A8 mse"),
+           ("W4A8 asymmetric grid", "W4A8 asym"),
+           ("W8A8, weights per tensor", "W8A8 maxabs-pt"))
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """One line per model: T points below float for each cause the variants isolate, and the
+    most one layer left in float recovers (from the per-layer rows)."""
+    lines = ["## Where the points go (T, points from float)", "",
+             "| model | float T | " + " | ".join(n for n, _ in SUMMARY)
+             + " | best single layer in float (V) |",
+             "|---|---|" + "---|" * (len(SUMMARY) + 1)]
+    for key in MODELS:
+        test = {r["variant"]: r["result"] for r in rows if r["model"] == key}
+        if "float" not in test:
+            continue
+        base = test["float"]["test"]
+        cells = [f"{test[v]['test'] - base:+.1f}" if v in test else "-" for _, v in SUMMARY]
+        layers = test.get("per layer")
+        best = "-"
+        if layers:
+            top = max(layers["layers"], key=lambda r: r["recovers"])
+            best = f"{top['layer']} {top['recovers']:+.1f}"
+        lines.append(f"| {key} | {base:.1f} | " + " | ".join(cells) + f" | {best} |")
+    return lines + [""]
+
+
 def render(rows: list[dict], m: dict) -> None:
     what = ("Top-1 (%) on V and T (E7's splits) of fake-quantized variants of each float model "
             "(see the script's docstring); 'per layer': the ten layers whose rounding costs most, "
             "on the first images of V.")
     lines = header("E7 diagnosis: where the accuracy of W4A8 goes", m, what)
     lines[4:5] = commands(rows, "", with_revisions=True)
+    lines += _summary(rows)
     for key, title in MODELS.items():
         block = [r for r in rows if r["model"] == key]
         if not block:
