@@ -17,8 +17,9 @@ Settings:
   through ONNX Runtime (default optimizations). CPU s include the ONNX Runtime quantization.
 - `w4a8`, `w8a8-pt`, ...: the file's float reference (its dequantized weights, float
   activations) re-quantized by qnnrepair's quantizer (per-channel weights unless `-pt`; first
-  and last layer at 8 bits); methods as in the bench (RTN, bias correction, SQuant, AdaRound,
-  qnnrepair, AdaRound + qnnrepair), numbers from the simulation.
+  and last layer at 8 bits); methods as in the bench (RTN, bias correction, DFQ, GPTQ,
+  SQuant, AdaRound, qnnrepair, and qnnrepair on top of GPTQ or AdaRound), numbers from the
+  simulation.
 
 Each (file, setting, method) runs in a fresh subprocess, so "peak MiB" (its ru_maxrss, data
 and models included) is that method's own, except that "X+qnnrepair" shares the process of X
@@ -26,6 +27,8 @@ when both are run (X's row is saved with its peak before the repair starts). A r
 soon as its method finishes, and an interrupted run resumes with the methods not yet in the
 JSON. CPU seconds include the RTN quantization a method starts from, and for "+qnnrepair" rows
 the method below it (as in the bench; run again in that process if X is not run beside it).
+Rows keep which T images they classify correctly, and each block ends with every qnnrepair row
+minus the block's best other row on T, paired on the same images, with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from common import git_revision
 
 from qnnrepair.bench.config import BenchConfig
 from qnnrepair.bench.methods import get_method
-from qnnrepair.evaluation import accuracy
+from qnnrepair.bench.paired import correct_string, paired_difference
+from qnnrepair.evaluation import accuracy, predict
 from qnnrepair.formats.deployed import load_deployed, write_deployed
 from qnnrepair.formats.runtime import check_runtime, simulated_predictions
 from qnnrepair.pipeline import prepare_deployed, run_repair
@@ -235,7 +239,11 @@ def _requantized(work, setting: str, args) -> list[dict]:
 
 def _row(method: str, model, work, clock, runtime_file: Path | None, base_cpu: float = 0.0,
          **extra) -> dict:
-    row = {"method": method, "result": _accuracies(model, work),
+    predictions = {s: predict(model, work.images(s)) for s in SPLITS}
+    correct = {s: predictions[s] == work.labels(s) for s in SPLITS}
+    row = {"method": method,
+           "result": {s: 100.0 * c.double().mean().item() for s, c in correct.items()},
+           "test_correct": correct_string(correct["test"].tolist()),
            "cpu_s": (clock.cpu if clock else 0.0) + base_cpu,
            "wall_s": clock.wall if clock else 0.0,
            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -309,7 +317,7 @@ def render(rows: list[dict], m: dict, name: str) -> None:
                 f"{r['result']['repair']:.2f} | {r['cpu_s']:.0f} | "
                 f"{_seconds(r.get('wall_s'))} | {r['peak_mib']:.0f} | "
                 f"{r.get('revision', '-')}, {_load(r.get('load'))} |")
-        lines.append("")
+        lines += [""] + _paired(block)
     write(name, "\n".join(lines) + "\n", lambda plt: _plot(plt, blocks))
 
 
@@ -319,6 +327,24 @@ EARLIER = ("rows that carry no command were made by `python e7_imagenet.py --fil
            "(an earlier revision), `--files quant --settings w4a8 --methods bias_correction "
            "qnnrepair "
            "--redo` (74ed639) and `--methods rtn --redo` (f96b2bf)")
+
+
+def _paired(block: list[dict]) -> list[str]:
+    """Each qnnrepair row against the best baseline row on T, on the same images (rows that
+    kept their per-image correctness only)."""
+    kept = [r for r in block if "test_correct" in r]
+    ours = [r for r in kept if "qnnrepair" in r["method"]]
+    others = [r for r in kept if "qnnrepair" not in r["method"] and r["method"] != "file"]
+    if not ours or not others:
+        return []
+    best = max(others, key=lambda r: r["result"]["test"])
+    lines = []
+    for r in ours:
+        diff, half = paired_difference(r["test_correct"], best["test_correct"])
+        lines.append(f"- {r['method']} - {best['method']} on T: {diff:+.1f} points "
+                     f"(95 % interval {diff - half:+.1f} to {diff + half:+.1f}, paired, "
+                     f"{len(r['test_correct'])} images)")
+    return lines + [""]
 
 
 def _agreement(row: dict) -> str:
