@@ -326,3 +326,45 @@ def test_repaired_mobilenet_predicts_in_litert_as_simulated(name, tmp_path):
         want = predict(simulation.model, t).numpy()
         print(f"{name} {file.name}: top-1 agreement with LiteRT {np.mean(got == want):.0%}")
         assert np.array_equal(got, want)
+
+
+# --- same inputs, same bytes -------------------------------------------------------------------
+
+def _forced_repair_bytes(model, x, y, out: Path) -> bytes:
+    """Every neuron repaired (no guard, so the file changes), written to `out`."""
+    from qnnrepair.formats.deployed import write_deployed
+    from qnnrepair.neurons import Neuron
+    from qnnrepair.repair import Repairer, preset
+
+    neurons = [Neuron(n, c) for n in model.layers
+               for c in range(model.layer(n).weight_int.shape[0])]
+    repaired, changes, _ = Repairer(preset("default")).repair_neurons(model, neurons, x, y)
+    assert changes
+    write_deployed(repaired, out)
+    return out.read_bytes()
+
+
+def test_same_inputs_and_seed_write_the_same_tflite_bytes(tflite_case, tmp_path):
+    path, train, _ = tflite_case
+    data = np.load(train)
+    written = []
+    for name in ("a", "b"):
+        model = load_deployed(path)
+        x = _inputs(model, data["x"][:100])
+        written.append(_forced_repair_bytes(model, x, torch.from_numpy(data["y"][:100]).long(),
+                                            tmp_path / f"{name}.tflite"))
+    assert written[0] != path.read_bytes(), "nothing was repaired: the test would prove nothing"
+    assert written[0] == written[1]
+
+
+def test_same_inputs_and_seed_write_the_same_qdq_bytes(onnx_case, tmp_path):
+    float_path, qdq_path = onnx_case
+    pixels = np.random.default_rng(5).integers(0, 256, (100, 8, 8, 3)).astype(np.uint8)
+    x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    written = []
+    for name in ("a", "b"):
+        model = load_deployed(qdq_path, float_path)
+        y = predict(model.float_model, x)
+        written.append(_forced_repair_bytes(model, x, y, tmp_path / f"{name}.qdq.onnx"))
+    assert written[0] != qdq_path.read_bytes(), "nothing was repaired: the test would prove nothing"
+    assert written[0] == written[1]
