@@ -193,12 +193,13 @@ SUMMARY = (("4-bit weights, A float", "W4 maxabs, A float"),
 
 
 def _summary(rows: list[dict]) -> list[str]:
-    """One line per model: T points below float for each cause the variants isolate, and the
-    most one layer left in float recovers (from the per-layer rows)."""
+    """One line per model: T points below float for each cause the variants isolate; from the
+    per-layer rows (V images), the most one layer left in float recovers and the most one layer
+    alone at W4A8 costs."""
     lines = ["## Where the points go (T, points from float)", "",
              "| model | float T | " + " | ".join(n for n, _ in SUMMARY)
-             + " | best single layer in float (V) |",
-             "|---|---|" + "---|" * (len(SUMMARY) + 1)]
+             + " | best single layer in float (V) | worst single layer at W4A8 (V) |",
+             "|---|---|" + "---|" * (len(SUMMARY) + 2)]
     for key in MODELS:
         test = {r["variant"]: r["result"] for r in rows if r["model"] == key}
         if "float" not in test:
@@ -206,11 +207,13 @@ def _summary(rows: list[dict]) -> list[str]:
         base = test["float"]["test"]
         cells = [f"{test[v]['test'] - base:+.1f}" if v in test else "-" for _, v in SUMMARY]
         layers = test.get("per layer")
-        best = "-"
+        best = worst = "-"
         if layers:
             top = max(layers["layers"], key=lambda r: r["recovers"])
             best = f"{top['layer']} {top['recovers']:+.1f}"
-        lines.append(f"| {key} | {base:.1f} | " + " | ".join(cells) + f" | {best} |")
+            low = min(layers["layers"], key=lambda r: r["quantized_accuracy"])
+            worst = (f"{low['layer']} {low['quantized_accuracy'] - layers['float_accuracy']:+.1f}")
+        lines.append(f"| {key} | {base:.1f} | " + " | ".join(cells) + f" | {best} | {worst} |")
     return lines + [""]
 
 
