@@ -116,9 +116,12 @@ class DeployedLayer(nn.Module):
 
     def integer_accumulator(self, xi: torch.Tensor, pads: tuple[int, ...] = ()) -> torch.Tensor:
         """float32(accumulator) of centred integer input `xi` (float32) zero-padded by `pads`
-        (F.pad order): what a runtime's fp32 requantization multiplies. Computed in float32
-        alone when every partial sum and the bias are integers below 2^24 (the common case,
-        several times faster than float64), else rounded from the exact float64 sum."""
+        (F.pad order): what a runtime's fp32 requantization multiplies. As an int8 matrix
+        product when `_int8_product_exact`; in float32 alone when every partial sum and the
+        bias are integers below 2^24 (several times faster than float64), else rounded from
+        the exact float64 sum."""
+        if not any(pads) and self._int8_product_exact():
+            return self._int8_accumulator(xi)
         if self.float32_exact():
             return self._padded_op(xi, self.weight_int.float(), pads, self.bias_int.float())
         shape = self._channel_shape()
@@ -127,6 +130,31 @@ class DeployedLayer(nn.Module):
         else:
             acc = self._padded_op(xi.double(), self.weight_int.double(), pads, None)
         return acc.add_(self.bias_int.double().reshape(shape)).float()
+
+    def _as_rows(self) -> bool:
+        """Whether the layer is one matrix product of input rows (a dense layer, a 1x1 conv)."""
+        return True
+
+    def _int8_product_exact(self) -> bool:
+        """An 8-bit activation grid, weights that fit int8 and int32 partial sums: then the
+        accumulator is an int8 x int8 -> int32 matrix product (torch._int_mm), exact on any CPU
+        and several times faster than float32 where the CPU has 8-bit dot products."""
+        w = self.weight_int
+        return (self._as_rows() and self.act_qmax - self.act_qmin == 255
+                and int(w.min()) >= -128 and int(w.max()) <= 127
+                and float(w.reshape(len(w), -1).abs().sum(dim=1).max()) * 255 < 2**31)
+
+    def _int8_accumulator(self, xi: torch.Tensor) -> torch.Tensor:
+        """float32(accumulator) as one int8 matrix product: the input is shifted onto int8
+        (u = q_x - qmin - 128), and the shift comes back as a per-channel constant,
+        sum (q_x - z_x) w = sum u w + (qmin + 128 - z_x) sum w."""
+        shift = self.act_qmin + 128 - int(self.input_zero_point)
+        w = self.weight_int.reshape(self.out_features, -1)
+        rows, restore = _rows(xi)
+        u = rows.to(torch.int16).sub_(shift).to(torch.int8)  # faster than a float subtraction
+        acc = torch._int_mm(u, w.to(torch.int8).t())
+        acc += (shift * w.sum(dim=1, dtype=torch.int32) + self.bias_int).to(torch.int32)
+        return restore(acc.float())
 
     def _padded_op(self, x: torch.Tensor, w: torch.Tensor, pads: tuple[int, ...],
                    bias: torch.Tensor | None) -> torch.Tensor:
@@ -180,6 +208,9 @@ class DeployedConv2d(DeployedLayer):
         return (self.groups == 1 and self.stride == (1, 1)
                 and tuple(self.weight_int.shape[2:]) == (1, 1))
 
+    def _as_rows(self) -> bool:
+        return self._pointwise() and self.padding == (0, 0)
+
     def extra_repr(self) -> str:
         return (f"weight={tuple(self.weight_int.shape)}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, per_channel={self.per_channel}")
@@ -198,6 +229,21 @@ def _pointwise(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> t
     if bias is not None:
         out.add_(bias.reshape(-1, 1))
     return out.reshape(n, -1, h, wd)
+
+
+def _rows(x: torch.Tensor):
+    """`x` as rows of its channels (a 2-D input is already), and the function that puts rows
+    of outputs back in `x`'s layout (NCHW values, memory as `x`'s)."""
+    if x.dim() == 2:
+        return x, lambda out: out
+    n, c, h, w = x.shape
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+
+    def restore(out: torch.Tensor) -> torch.Tensor:
+        out = out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        return out if channels_last else out.contiguous()
+
+    return x.permute(0, 2, 3, 1).reshape(-1, c), restore
 
 
 class DeployedLinear(DeployedLayer):
