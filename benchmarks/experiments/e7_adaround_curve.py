@@ -3,9 +3,9 @@
     python benchmarks/experiments/e7_adaround_curve.py [--iterations 250 1000 4000]
         [--images 256] [--file quant] [--fresh | --render]
 
-The published setting (10,000 to 20,000 iterations per layer on 1,024 images) does not fit
-this 2-core machine (E7's 1,000 iterations on 256 images took about 1,250 CPU s); this runs
-E7's `adaround` row (the file's float reference re-quantized W4A8 per channel, first and last
+The published setting is 10,000 to 20,000 iterations per layer on 1,024 images; on this 2-core
+machine E7 runs 1,000 iterations on 256 images (about 1,250 CPU s). This runs E7's `adaround`
+row (the file's float reference re-quantized W4A8 per channel, first and last
 layer at 8 bits, R / V / T as in E7) at growing iteration counts, each in its own process
 (e7_imagenet.py's child), so a reader sees where accuracy flattens and what each step costs.
 Writes benchmarks/results/experiments/e7_adaround_curve.{md,json}; rows are kept as they
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from _shared import arguments, header, meta, results, write
+from _shared import arguments, commands, header, meta, results, write
 from e7_imagenet import FILES, child
 
 NAME = "e7_adaround_curve"
@@ -40,7 +40,8 @@ def main() -> None:
             args.adaround_iters = iterations
             print(f"AdaRound {iterations} iterations ...", file=sys.stderr, flush=True)
             row = child(args, args.file, "w4a8", ["adaround"])[0]
-            rows.add({**row, "iterations": iterations, "images": args.images}, m)
+            rows.add({**row, "iterations": iterations, "images": args.images,
+                      "command": m["command"]}, m)
     render(rows.rows, m)
 
 
@@ -49,16 +50,18 @@ def render(rows: list[dict], m: dict) -> None:
             "at 8 bits, BatchNorm folded) by iterations per layer; R = sample1000, V / T = "
             "halves of nips17. CPU s include the RTN quantization it starts from.")
     lines = header("AdaRound's cost curve (E7, MobileNetV2 W4A8)", m, what)
+    lines[4:5] = commands(rows, "")
     if rows:
         f = rows[0]["float"]
         lines += [f"Float reference: V {f['validation']:.1f}, T {f['test']:.1f}.", ""]
-    lines += ["| file | images | iterations | V | T | T - float | CPU s | wall s | revision |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| file | images | iterations | V | T | T - float | CPU s | wall s | peak MiB | "
+              "revision, load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["file"], r["images"], r["iterations"])):
         t = r["result"]["test"]
         lines.append(f"| {FILES[r['file']]} | {r['images']} | {r['iterations']} | "
                      f"{r['result']['validation']:.1f} | {t:.1f} | {t - r['float']['test']:+.1f} "
-                     f"| {r['cpu_s']:.0f} | {r['wall_s']:.0f} | {r.get('revision', '-')} |")
+                     f"| {r['cpu_s']:.0f} | {r['wall_s']:.0f} | {r['peak_mib']:.0f} | "
+                     f"{r.get('revision', '-')}, {r.get('load', 0):.1f} |")
     write(NAME, "\n".join(lines) + "\n")
 
 
