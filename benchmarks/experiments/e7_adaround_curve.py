@@ -48,7 +48,9 @@ def main() -> None:
 def render(rows: list[dict], m: dict) -> None:
     what = ("Top-1 (%) of AdaRound on E7's MobileNetV2 W4A8 (per channel, first and last layer "
             "at 8 bits, BatchNorm folded) by iterations per layer; R = sample1000, V / T = "
-            "halves of nips17. CPU s include the RTN quantization it starts from.")
+            "halves of nips17. CPU s include the RTN quantization it starts from; they grow when "
+            "other jobs share the 2 cores (load: the 1-minute load average as the row ended; "
+            "E7's own 1,000-iteration row took 1,253 CPU s at load 2.0).")
     lines = header("AdaRound's cost curve (E7, MobileNetV2 W4A8)", m, what)
     lines[4:5] = commands(rows, "")
     if rows:
