@@ -330,11 +330,11 @@ EARLIER = ("rows that carry no command were made by `python e7_imagenet.py --fil
 
 
 def _paired(block: list[dict]) -> list[str]:
-    """Each qnnrepair row against the best baseline row on T, on the same images (rows that
-    kept their per-image correctness only)."""
+    """Each qnnrepair row against the best other row on T (a baseline, or the file as it is),
+    on the same images (rows that kept their per-image correctness only)."""
     kept = [r for r in block if "test_correct" in r]
     ours = [r for r in kept if "qnnrepair" in r["method"]]
-    others = [r for r in kept if "qnnrepair" not in r["method"] and r["method"] != "file"]
+    others = [r for r in kept if "qnnrepair" not in r["method"]]
     if not ours or not others:
         return []
     best = max(others, key=lambda r: r["result"]["test"])
