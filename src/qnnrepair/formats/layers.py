@@ -105,8 +105,11 @@ class DeployedLayer(nn.Module):
         L1 norm of the current weights."""
         x_max = max(self.act_qmax - int(self.input_zero_point),
                     int(self.input_zero_point) - self.act_qmin)
-        row_l1 = self.weight_int.reshape(self.out_features, -1).abs().sum(dim=1).max()
-        return float(row_l1) * x_max
+        return self._max_row_l1() * x_max
+
+    def _max_row_l1(self) -> float:
+        """The largest L1 norm of one output channel's current integer weights."""
+        return float(self.weight_int.reshape(self.out_features, -1).abs().sum(dim=1).max())
 
     def accumulator(self, x: torch.Tensor) -> torch.Tensor:
         """The int32 accumulator sum (q_x - z_x)(q_w - z_w) + bias_int, as float64."""
@@ -142,7 +145,7 @@ class DeployedLayer(nn.Module):
         w = self.weight_int
         return (self._as_rows() and self.act_qmax - self.act_qmin == 255
                 and int(w.min()) >= -128 and int(w.max()) <= 127
-                and float(w.reshape(len(w), -1).abs().sum(dim=1).max()) * 255 < 2**31)
+                and self._max_row_l1() * 255 < 2**31)
 
     def _int8_accumulator(self, xi: torch.Tensor) -> torch.Tensor:
         """float32(accumulator) as one int8 matrix product: the input is shifted onto int8
