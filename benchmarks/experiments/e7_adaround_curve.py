@@ -1,6 +1,6 @@
 """AdaRound's cost curve on E7's MobileNetV2 W4A8: iterations per layer against top-1.
 
-    python benchmarks/experiments/e7_adaround_curve.py [--iterations 250 1000 4000]
+    python benchmarks/experiments/e7_adaround_curve.py [--iterations 250 1000 3000 10000]
         [--images 256] [--file quant] [--fresh | --render]
 
 The published setting is 10,000 to 20,000 iterations per layer on 1,024 images; on this 2-core
@@ -24,7 +24,7 @@ NAME = "e7_adaround_curve"
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--iterations", nargs="+", type=int, default=[250, 1000, 4000])
+    parser.add_argument("--iterations", nargs="+", type=int, default=[250, 1000, 3000, 10000])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--file", default="quant", choices=FILES)
     args = parser.parse_args()
@@ -50,7 +50,7 @@ def render(rows: list[dict], m: dict) -> None:
             "at 8 bits, BatchNorm folded) by iterations per layer; R = sample1000, V / T = "
             "halves of nips17. CPU s include the RTN quantization it starts from; they grow when "
             "other jobs share the 2 cores (load: the 1-minute load average as the row ended; "
-            "E7's own 1,000-iteration row took 1,253 CPU s at load 2.0).")
+            "compare E7's own 1,000-iteration row in e7_imagenet.md).")
     lines = header("AdaRound's cost curve (E7, MobileNetV2 W4A8)", m, what)
     lines[4:5] = commands(rows, "")
     if rows:

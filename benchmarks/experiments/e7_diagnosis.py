@@ -212,7 +212,7 @@ def _summary(rows: list[dict]) -> list[str]:
             top = max(layers["layers"], key=lambda r: r["recovers"])
             best = f"{top['layer']} {top['recovers']:+.1f}"
             low = min(layers["layers"], key=lambda r: r["quantized_accuracy"])
-            worst = (f"{low['layer']} {low['quantized_accuracy'] - layers['float_accuracy']:+.1f}")
+            worst = f"{low['layer']} {low['quantized_accuracy'] - layers['float_accuracy']:+.1f}"
         lines.append(f"| {key} | {base:.1f} | " + " | ".join(cells) + f" | {best} | {worst} |")
     return lines + [""]
 
