@@ -1,15 +1,17 @@
 """AdaRound's cost curve on E7's MobileNetV2 W4A8: iterations per layer against top-1.
 
     python benchmarks/experiments/e7_adaround_curve.py [--iterations 250 1000 3000 10000]
-        [--images 256] [--file quant] [--fresh | --render]
+        [--images 256] [--file quant] [--on-top] [--fresh | --render]
 
 The published setting is 10,000 to 20,000 iterations per layer on 1,024 images; on this 2-core
 machine E7 runs 1,000 iterations on 256 images (about 1,250 CPU s). This runs E7's `adaround`
 row (the file's float reference re-quantized W4A8 per channel, first and last
 layer at 8 bits, R / V / T as in E7) at growing iteration counts, each in its own process
 (e7_imagenet.py's child), so a reader sees where accuracy flattens and what each step costs.
-Writes benchmarks/results/experiments/e7_adaround_curve.{md,json}; rows are kept as they
-finish and a rerun resumes.
+With --on-top the default repair also runs on each AdaRound model, in the same process (E7's
+`adaround+qnnrepair` row at that iteration count). Writes
+benchmarks/results/experiments/e7_adaround_curve.{md,json}; rows are kept as they finish and a
+rerun resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main() -> None:
     parser.add_argument("--iterations", nargs="+", type=int, default=[250, 1000, 3000, 10000])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--file", default="quant", choices=FILES)
+    parser.add_argument("--on-top", action="store_true",
+                        help="also repair each AdaRound model (the row adaround+qnnrepair)")
     args = parser.parse_args()
     rows = results(NAME, args.fresh)
     m = meta(file=args.file, images=args.images)
@@ -34,14 +38,20 @@ def main() -> None:
         # what e7_imagenet.py's child passes on, at E7's defaults
         args.n_repair, args.n_validation, args.bc_images = 1000, 500, 64
         args.adaround_images = args.images
+        methods = ["adaround", "adaround+qnnrepair"] if args.on_top else ["adaround"]
         for iterations in args.iterations:
-            if rows.has(file=args.file, iterations=iterations, images=args.images):
+            key = {"file": args.file, "iterations": iterations, "images": args.images}
+            if all(rows.has(**key, method=method) for method in methods):
                 continue
             args.adaround_iters = iterations
-            print(f"AdaRound {iterations} iterations ...", file=sys.stderr, flush=True)
-            row = child(args, args.file, "w4a8", ["adaround"])[0]
-            rows.add({**row, "iterations": iterations, "images": args.images,
-                      "command": m["command"]}, m)
+            print(f"{' and '.join(methods)}, {iterations} iterations ...", file=sys.stderr,
+                  flush=True)
+            for row in child(args, args.file, "w4a8", methods):
+                earlier = rows.get(**key, method=row["method"])
+                if earlier is None:
+                    rows.add({**row, **key, "command": m["command"]}, m)
+                elif earlier["test_correct"] != row["test_correct"]:  # same seed, same model
+                    print(f"{row['method']} differs from its earlier row on T", file=sys.stderr)
     render(rows.rows, m)
 
 
@@ -56,11 +66,11 @@ def render(rows: list[dict], m: dict) -> None:
     if rows:
         f = rows[0]["float"]
         lines += [f"Float reference: V {f['validation']:.1f}, T {f['test']:.1f}.", ""]
-    lines += ["| file | images | iterations | V | T | T - float | CPU s | wall s | peak MiB | "
-              "revision, load |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["file"], r["images"], r["iterations"])):
+    lines += ["| file | images | iterations | method | V | T | T - float | CPU s | wall s | "
+              "peak MiB | revision, load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["file"], r["images"], r["iterations"], r["method"])):
         t = r["result"]["test"]
-        lines.append(f"| {FILES[r['file']]} | {r['images']} | {r['iterations']} | "
+        lines.append(f"| {FILES[r['file']]} | {r['images']} | {r['iterations']} | {r['method']} | "
                      f"{r['result']['validation']:.1f} | {t:.1f} | {t - r['float']['test']:+.1f} "
                      f"| {r['cpu_s']:.0f} | {r['wall_s']:.0f} | {r['peak_mib']:.0f} | "
                      f"{r.get('revision', '-')}, {r.get('load', 0):.1f} |")
