@@ -44,6 +44,9 @@ class DeployedModel:
     path: str
 
     format_name: ClassVar[str] = ""
+    # Gradients run through the observed path, which computes in float64 and keeps each op's
+    # intermediates: twice a QuantizedModel's bytes per activation (see engine._fit_localizer)
+    gradient_bytes: ClassVar[int] = 8
 
     @property
     def config(self) -> FileOrigin:

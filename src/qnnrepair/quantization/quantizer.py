@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -51,6 +52,8 @@ class QuantizedModel:
     model_spec: str | None = None
     num_classes: int | None = None
     kernels: dict[str, dict] = field(default_factory=dict)  # modules with their own forward
+
+    gradient_bytes: ClassVar[int] = 4  # per activation on the backward pass (float32)
 
     def layer(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
