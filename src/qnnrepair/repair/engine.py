@@ -199,8 +199,8 @@ def _fit_localizer(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.T
                    config: RepairConfig, show_progress: bool = False):
     loc = config.localization
     # Forward and backward through both models keep every activation: half an evaluation
-    # batch in float32 (250 CIFAR images; 5 ImageNet images, about 1 GiB on MobileNetV2), a
-    # quarter for a deployed file's float64 path (2 ImageNet images, about 0.9 GiB: 5 took 2)
+    # batch in float32 (250 CIFAR images; 5 ImageNet images, about 1 GB on MobileNetV2), a
+    # quarter for a deployed file's float64 path (2 ImageNet images, about 0.9 GB; 5 took 2 GB)
     size = batch_size_for(images, 250, BATCH_ELEMENTS * 2 // qmodel.gradient_bytes)
     localizer = make_localizer(loc.metric, state_rule=loc.state_rule, oracle=loc.oracle,
                                seed=config.seed)
