@@ -13,8 +13,9 @@ pytest.importorskip("onnxruntime", reason="needs the export extra")
 
 from qnnrepair.evaluation import logits_of  # noqa: E402
 from qnnrepair.formats.onnx_qdq import load_onnx_qdq  # noqa: E402
-from qnnrepair.formats.prefix import PrefixCache  # noqa: E402
+from qnnrepair.formats.prefix import PrefixCache, supports_prefix  # noqa: E402
 from qnnrepair.formats.tflite import load_tflite  # noqa: E402
+from qnnrepair.quantization import QuantConfig, quantize  # noqa: E402
 from qnnrepair.repair.acceptance import Guard  # noqa: E402
 from qnnrepair.testing import example_inputs  # noqa: E402
 
@@ -91,3 +92,21 @@ def test_guard_scores_the_same_with_and_without_the_prefix(model):
         a, b = plain.score(candidate), reusing.score(candidate)
         assert (a.accuracy, a.divergence) == (b.accuracy, b.divergence)
         assert torch.equal(a.per_image, b.per_image)
+
+
+def test_a_requantized_float_reference_is_run_whole(model):
+    """The float graph re-quantized by qnnrepair's own quantizer (E7's W4A8 rows) holds layers
+    the prefix methods do not know: the guard must score it by full passes, also after a
+    change."""
+    images = _images(model)
+    requantized = quantize(model.float_model, QuantConfig.from_setting("w4a8"), images, seed=0)
+    assert not supports_prefix(requantized.model)
+    labels = torch.arange(40) % int(model.float_model(images[:1]).shape[1])
+    plain = Guard(model.float_model, images, labels)
+    reusing = Guard(model.float_model, images, labels)
+    reusing.reuse_prefix(requantized.model)
+    candidate = _changed(requantized, len(requantized.layers) - 1)
+    for graph in (requantized.model, candidate):
+        a, b = plain.score(graph), reusing.score(graph)
+        assert torch.equal(a.per_image, b.per_image)
+    assert supports_prefix(model.model) and not supports_prefix(model.float_model)

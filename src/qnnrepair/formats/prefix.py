@@ -9,7 +9,9 @@ already holds) within a memory budget, and runs each candidate from there. The l
 same bits as a full pass (the steps are the same functions of the same values).
 
 A graph takes part when it offers `start_values(pixels)`, `advance(values, start, stop)`,
-`finish(values, start)` and `first_changed_step(base)` (formats/tflite/graph.py).
+`finish(values, start)` and `first_changed_step(base)` (formats/tflite/graph.py) and computes a
+file's own integers (`runs_file_integers`): a float reference that qnnrepair's quantizer has
+re-quantized holds layers these methods do not know, and is run whole.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ DEFAULT_BUDGET_BYTES = 512 * 2**20
 
 def supports_prefix(model) -> bool:
     return all(hasattr(model, name) for name in ("start_values", "advance", "finish",
-                                                 "first_changed_step"))
+                                                 "first_changed_step")) \
+        and model.runs_file_integers
 
 
 class PrefixCache:

@@ -62,6 +62,13 @@ class OnnxGraph(nn.Module):
     def quantized_layer_names(self) -> list[str]:
         return [n for n in self.layer_names() if isinstance(self.get_submodule(n), QDQ_LAYERS)]
 
+    @property
+    def runs_file_integers(self) -> bool:
+        """Every layer with integer weights is the QDQ file's own: false for the float graph,
+        and for the float graph re-quantized by qnnrepair's quantizer."""
+        integer = [m for m in self.nodes.values() if hasattr(m, "weight_int")]
+        return bool(integer) and all(isinstance(m, QDQ_LAYERS) for m in integer)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.finish(self.start_values(x), 0)
 

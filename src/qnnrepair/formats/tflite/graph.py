@@ -80,6 +80,11 @@ class TFLiteGraph(nn.Module):
     def float_mode(self) -> bool:
         return any(getattr(m, "float_mode", False) for m in self.ops)
 
+    @property
+    def runs_file_integers(self) -> bool:
+        """The file's integer simulation (not its float reference, re-quantized or not)."""
+        return not self.float_mode
+
     def layer_names(self) -> list[str]:
         """Fully qualified names of the quantized layers, in forward order."""
         return [f"ops.{i}.conv" for i, m in enumerate(self.ops) if isinstance(m, ops.ConvOp)]
