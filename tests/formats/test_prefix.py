@@ -16,6 +16,7 @@ from qnnrepair.formats.onnx_qdq import load_onnx_qdq  # noqa: E402
 from qnnrepair.formats.prefix import PrefixCache, supports_prefix  # noqa: E402
 from qnnrepair.formats.tflite import load_tflite  # noqa: E402
 from qnnrepair.quantization import QuantConfig, quantize  # noqa: E402
+from qnnrepair.repair import Repairer, preset  # noqa: E402
 from qnnrepair.repair.acceptance import Guard  # noqa: E402
 from qnnrepair.testing import example_inputs  # noqa: E402
 
@@ -110,3 +111,16 @@ def test_a_requantized_float_reference_is_run_whole(model):
         a, b = plain.score(graph), reusing.score(graph)
         assert torch.equal(a.per_image, b.per_image)
     assert supports_prefix(model.model) and not supports_prefix(model.float_model)
+
+
+def test_a_requantized_float_reference_repairs(model):
+    """E7's W4A8 rows end to end: the float graph re-quantized by qnnrepair, repaired with the
+    default preset; the guard keeps only changes that do not lower validation accuracy."""
+    images = _images(model, 80)
+    labels = model.float_model(images).argmax(1)
+    requantized = quantize(model.float_model, QuantConfig.from_setting("w4a8"), images, seed=0)
+    repairer = Repairer(preset("default")).fit(requantized, images[:40], labels[:40],
+                                               images[40:], labels[40:])
+    before = Guard(model.float_model, images[40:], labels[40:]).score(requantized.model)
+    after = Guard(model.float_model, images[40:], labels[40:]).score(repairer.repaired_.model)
+    assert after.accuracy >= before.accuracy
