@@ -28,8 +28,8 @@ def weights_path(model: str, shared: Path) -> Path:
 
 def workload(model: str, shared: Path, n_repair: int = 1000, n_validation: int = 1000,
              seed: int = 0, n_test: int | None = None):
-    """A CIFAR-10 checkpoint (see weights_path); R and V from the 30k training images, T the
-    10,000 test images (or their first n_test)."""
+    """A CIFAR-10 checkpoint (see weights_path); R from the 30k training images, V 1,000 images
+    drawn from the 10,000 test images and T the other 9,000 (or n_test of them)."""
     from qnnrepair.pipeline import prepare
 
     return prepare(model, weights_path(model, shared),

@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet32"])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    lines = ["# Quantization accuracy: CIFAR-10 test set (10,000 images)", "",
+    lines = ["# Quantization accuracy: CIFAR-10 test images (T: 9,000 of the 10,000; the other "
+             "1,000 are V)", "",
              f"Command: `{command()}`  ", f"Machine: {machine()}  ",
              "Calibration: 1,000 training images (seed 0); first and last layer at 8 bits; "
              "activations per tensor, asymmetric, min-max range. Accuracy in %.", ""]
