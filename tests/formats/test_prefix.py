@@ -121,6 +121,6 @@ def test_a_requantized_float_reference_repairs(model):
     requantized = quantize(model.float_model, QuantConfig.from_setting("w4a8"), images, seed=0)
     repairer = Repairer(preset("default")).fit(requantized, images[:40], labels[:40],
                                                images[40:], labels[40:])
-    before = Guard(model.float_model, images[40:], labels[40:]).score(requantized.model)
-    after = Guard(model.float_model, images[40:], labels[40:]).score(repairer.repaired_.model)
+    guard = Guard(model.float_model, images[40:], labels[40:])
+    before, after = guard.score(requantized.model), guard.score(repairer.repaired_.model)
     assert after.accuracy >= before.accuracy
