@@ -2,9 +2,10 @@
 result files (resumable JSON rows, a Markdown table, a PNG plot) under
 benchmarks/results/experiments/.
 
-R and V are drawn from CIFAR-10 train30k, T is the 10,000 test images (evaluated after every
-decision has been made). Each model is quantized at the setting in SETTINGS: per-channel
-weights, first and last layer at 8 bits, the one with a clear accuracy drop for that model.
+R is drawn from CIFAR-10 train30k, V is 1,000 images drawn from the test file and T the other
+9,000 (evaluated after every decision has been made). Each model is quantized at the setting in
+SETTINGS: per-channel weights, first and last layer at 8 bits, the one with a clear accuracy
+drop for that model.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workl
 
 from qnnrepair.data.splits import SPLIT_NAMES  # noqa: E402
 from qnnrepair.evaluation import accuracy  # noqa: E402
-from qnnrepair.localization import SpectrumLocalizer  # noqa: E402
-from qnnrepair.quantization import QuantConfig, QuantizedModel, batches, quantize  # noqa: E402
+from qnnrepair.localization import Localizer  # noqa: E402
+from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize  # noqa: E402
+from qnnrepair.repair import RepairConfig  # noqa: E402
+from qnnrepair.repair.engine import fit_localizer  # noqa: E402
 
 OUT = RESULTS / "experiments"
 SPLITS = SPLIT_NAMES
@@ -72,11 +75,11 @@ def accuracies(model, work, images: dict | None = None) -> dict[str, float]:
     return {s: accuracy(model, x, y) for s, (x, y) in pairs.items()}
 
 
-def localize(qmodel: QuantizedModel, layers: list[str], images: torch.Tensor,
-             labels: torch.Tensor, metric: str, seed: int = 0) -> SpectrumLocalizer:
-    return SpectrumLocalizer(metric=metric, seed=seed).fit(
-        qmodel.float_model, qmodel.model, layers,
-        list(zip(batches(images, 250), batches(labels, 250))))
+def localize(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Tensor,
+             metric: str, seed: int = 0) -> Localizer:
+    """The repair's own localizer for `metric` (gradient blame or an SBFL metric), fitted on
+    the hidden layers as `qnnrepair localize` fits it."""
+    return fit_localizer(qmodel, images, labels, RepairConfig(seed=seed).replace(metric=metric))
 
 
 def write(name: str, markdown: str, plot=None) -> None:

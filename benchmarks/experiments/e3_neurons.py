@@ -5,7 +5,7 @@ repaired neurons, from 1 to 10 and beyond.
         [--neurons 1 2 ... 10 16 32 64 128 256 0] [--fresh | --render]
 
 N = 0 stands for every neuron of the repaired layers. The top-N neurons of the default ranking
-(Ochiai, hidden layers) are repaired with no validation guard; every LP is solved afresh, so
+(gradient blame, hidden layers) are repaired with no validation guard; every LP is solved afresh, so
 the solve time is that of N neurons alone.
 """
 
@@ -47,8 +47,8 @@ def main() -> None:
         qmodel = quantized(work, model, work.images("repair"))
         before = accuracies(qmodel.model, work)
         repairer = Repairer(preset("default"))
-        ranking = localize(qmodel, repairer.repair_layers(qmodel), work.images("repair"),
-                           work.labels("repair"), repairer.config.localization.metric).ranking_
+        ranking = localize(qmodel, work.images("repair"), work.labels("repair"),
+                           repairer.config.localization.metric).ranking_
         for n in args.neurons:
             n = n or len(ranking)
             if rows.has(model=model, n=n) or n > len(ranking):
@@ -70,11 +70,11 @@ def main() -> None:
 
 def render(rows: list[dict], m: dict) -> None:
     out = header("E3: repaired neurons against accuracy gain and LP time", m,
-                 "Top-N neurons of the default ranking (Ochiai, hidden layers) repaired with no "
-                 "validation guard. Gains in points over the quantized model; 'LP s' is the "
-                 "summed HiGHS solve time (the LPs run two at a time), 'wall s' the whole "
+                 "Top-N neurons of the default ranking (gradient blame, hidden layers) repaired "
+                 "with no validation guard. Gains in points over the quantized model; 'LP s' "
+                 "is the summed HiGHS solve time (the LPs run two at a time), 'wall s' the whole "
                  "candidate: recording layer inputs, summaries, LPs. R = 1,000 training images, "
-                 "V = 1,000 others, T = 10,000 test images.")
+                 "V = 1,000 images drawn from the test file, T = the other 9,000.")
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = sorted((r for r in rows if r["model"] == model), key=lambda r: r["n"])
         out += [f"## {model} ({sub[0]['setting'].upper()}, quantized test "

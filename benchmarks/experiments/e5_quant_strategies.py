@@ -12,8 +12,8 @@ for each localized layer a random one with as many weights, so the same bit budg
 localization's value shows). Each quantized model is then corrected by empirical bias
 correction, and repaired by the default preset.
 
-R = 1,000 training images (also the calibration set), V = 1,000 other training images,
-T = the 10,000 test images (evaluated after every choice is made; the 8-bit layers are chosen
+R = 1,000 training images (also the calibration set), V = 1,000 images drawn from the test
+file, T = the other 9,000 (evaluated after every choice is made; the 8-bit layers are chosen
 on R). Writes benchmarks/results/experiments/e5_quant_strategies.{json,md,png}.
 """
 
@@ -146,7 +146,7 @@ def eight_bit_layers(work, model: str, setting: str, strategy: str, k: int
     n = len(base.layers)
     candidates = [name for i, name in enumerate(base.layers)
                   if base.config.bits_for(name, i, n) != (8, 8)]
-    localizer = localize(base, base.layers, work.images("repair"), work.labels("repair"),
+    localizer = localize(base, work.images("repair"), work.labels("repair"),
                          preset("default").localization.metric)
     scores = {name: float(np.mean(localizer.scores_[name])) for name in candidates}
     # ties (when whole layers deviate on every input they score alike) go to the earlier
@@ -185,9 +185,9 @@ def render(name: str, rows: list[dict], m: dict) -> None:
         "control: per localized layer a random one with as many weights, the same bits). "
         "Bias correction: empirical, on R. Repaired: `preset(\"default\")`. R = "
         f"{sizes.get('repair', '?')} training images (also the calibration set), V = "
-        f"{sizes.get('validation', '?')} other training images, T = {sizes.get('test', '?')} "
-        "test images. Accuracies in % as R / V / T; bits: mean bits per weight; wall and CPU "
-        "seconds are the repair's.")
+        f"{sizes.get('validation', '?')} images drawn from the test file, T = "
+        f"{sizes.get('test', '?')} other test images. Accuracies in % as R / V / T; bits: mean "
+        "bits per weight; wall and CPU seconds are the repair's.")
     out += ["| model | strategy | 8-bit layers added | bits | quantized | bias correction | "
             "repaired | neurons | LPs | wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|"
             "---|---|"]
