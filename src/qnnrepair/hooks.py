@@ -1,6 +1,6 @@
 """Forward hooks as context managers: every capture in the package goes through here.
 
-Three verbs, all removing their hooks in `finally` (also when the forward pass raises):
+Four verbs, all removing their hooks in `finally` (also when the forward pass raises):
 
 - `on_forward(modules, fn, what)` calls `fn(name, value)` each time one of `modules` runs, with
   its output (`what="output"`, a forward hook) or its first positional input (`what="input"`,

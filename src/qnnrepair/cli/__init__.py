@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(p)
     add_quant(p)
     add_repair(p)
-    p.add_argument("--output", type=Path, help="repaired model file to write (.qnn)")
+    p.add_argument("--output", type=Path, help="repaired model file to write (.qnn; a "
+                   "deployed input is written as a file of its own kind: .tflite, .onnx)")
     p.add_argument("--report-html", type=Path, metavar="PATH",
                    help="also write the report as one self-contained HTML page (plots, tables)")
     p.set_defaults(func=cmd_repair)
@@ -79,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model spec (zoo name, package.module:factory or path/file.py:factory; "
                    "importing it runs its code) and its float checkpoint (repeatable)")
     add_norm(p)
-    p.add_argument("--data", type=Path, help="training-split data (R and V)")
-    p.add_argument("--test-data", type=Path, help="test data")
+    p.add_argument("--data", type=Path, help="training-split data (R)")
+    p.add_argument("--test-data", type=Path, help="held-out data: V and T are drawn "
+                   "from it, disjointly")
     p.add_argument("--settings", nargs="+", help="default: w8a8 w4a8 w3a8 w4a4")
     add_size(p)
     p.add_argument("--n-repair", type=int, default=1000)

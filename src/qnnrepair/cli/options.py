@@ -25,9 +25,9 @@ def add_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-offset", type=int, default=None,
                    help="added to every label of a deployed file's data (default: 1 for a "
                    "model with 1001 outputs, whose output 0 is 'background', else 0)")
-    g.add_argument("--data", type=Path, help="training-split data: R and V are drawn from it "
-                   "(.npz, idx folder, CIFAR batches folder, image folder or a folder with "
-                   "labels.csv; docs/DATA.md)")
+    g.add_argument("--data", type=Path, help="training-split data: R is drawn from it (V only "
+                   "without --test-data and --validation-data) (.npz, idx folder, CIFAR "
+                   "batches folder, image folder or a folder with labels.csv; docs/DATA.md)")
     g.add_argument("--test-data", type=Path, help="held-out data: validation and test are "
                    "drawn from it, disjointly (default: the rest of --data)")
     g.add_argument("--validation-data", type=Path, help="validation data of its own (default: "
@@ -159,7 +159,7 @@ def workload_of(args):
     from qnnrepair.quantization import load_quantized
 
     if args.data is None:
-        raise QnnRepairError("--data is required: give the data set R and V are drawn from")
+        raise QnnRepairError("--data is required: give the data set R is drawn from")
     if is_deployed(args.quantized):
         return _deployed_workload(args)
     if args.float_model is not None or args.label_offset is not None:

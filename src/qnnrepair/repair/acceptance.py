@@ -3,8 +3,8 @@
 Criterion "kl" (the default): a candidate is kept when it brings the quantized model's soft
 predictions closer to the float model's (mean KL(float || candidate) on V lower than the best
 so far by at least `min_gain`, relative) and its validation accuracy is not below the best
-so far. Accuracy alone is a coarse judge: on 1,000 images a tie or one image more is noise,
-and changes kept for that did not carry to the test set (benchmarks/README.md).
+so far. Accuracy alone is a coarse judge: on 1,000 images a tie or one image more is noise
+(benchmarks/results/experiments/guard_rules.md replays the rules on recorded candidates).
 With `min_z` > 0 the KL must also have dropped by at least `min_z` standard errors of the mean
 of the per-image drops: a paired test, so that a lower mean carried by a few images of V does
 not count.

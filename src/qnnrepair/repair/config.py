@@ -21,8 +21,8 @@ from qnnrepair.repair.layers import LAYER_CHOICES
 from qnnrepair.repair.lp import NORMS, formulation_names
 from qnnrepair.repair.lp.backend import BACKENDS
 
-# 1: the flat RepairConfig of qnnrepair 0.1 (22 fields); 2: before acceptance.min_z (its
-# absence meant 0, and the default is now 1)
+# Read back only at this version: 1 was the flat RepairConfig of qnnrepair 0.1 (22 fields), 2
+# had no acceptance.min_z, 3 still had the schedule options measured and removed (CHANGELOG.md)
 CONFIG_VERSION = 4
 WEIGHT_DOMAINS = ("rounding", "grid")
 MIN_SUMMARY_IMAGES = 64
@@ -33,8 +33,8 @@ CRITERIA = ("kl", "accuracy")
 @dataclass(frozen=True)
 class LocalizationConfig:
     """Which neurons to blame: `metric` ranks the neurons of `layers` ("hidden" by default:
-    every layer but the output one, whose label-driven margin LP over-fitted the repair set at
-    W4A4 on ResNet-20, see benchmarks/README.md). "gradient" (the default) is first-order
+    every layer but the output one, whose label-driven margin LP fits the repair set's labels
+    rather than the float model). "gradient" (the default) is first-order
     output blame, chosen because it ranks ResNet-20's neurons like the exact counterfactual on
     the repair set (Spearman +0.90, Ochiai +0.26: benchmarks/results/experiments/
     blame_reference.md); SBFL metrics use spectra recorded with `state_rule` and `oracle`

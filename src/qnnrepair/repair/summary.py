@@ -7,10 +7,9 @@ sense is, for a neuron with centred inputs X (N x J) and residual r,
 
 With H = V diag(lam) V', that equals ||A u - z||^2 + const for A = diag(sqrt(lam)) V' and
 z = diag(1/sqrt(lam)) V' g. Keeping the K largest eigen-directions gives K rows that carry all N
-samples; the LP then minimizes the L1 norm of A u - z over those rows. Measured on ResNet-20
-W3A8 (validation accuracy, all layers repaired): 97.7 % with K = 256 rows summarizing 8,192
-samples, against 93.6 % with 256 raw sample rows, at the same LP size. The default is now K = 64
-(`LPConfig.hidden_rows`): on held-out validation as accurate as 256, at a quarter of the CPU.
+samples; the LP then minimizes the L1 norm of A u - z over those rows, so one LP of K rows
+draws on every sample. K is `LPConfig.hidden_rows` (64; benchmarks/results/defaults-rows.md
+compares 64, 128 and 256 on V).
 
 The bias is not an LP variable here: centring removes it, and its L2-optimal delta given the
 integer deltas d is e = mean(r) - s * d . mean(x).
