@@ -5,10 +5,10 @@ of 1, 2 and 4 simulated nodes on this machine, and a paper estimate for ImageNet
     python benchmarks/scaling.py --nodes 1 2      # fewer cluster sizes
 
 Workload: ResNet-20 at W3A8 (the shared checkpoint), the default preset. R = 250 CIFAR-10
-training images, not the 1,000 of repair.md, so that the whole run (two local-pool and three
-cluster repairs) stays under ten minutes; V = 500 other training images. The LP set for the
-throughput runs is the top-level LPs of 16 + 32 + 32 neurons of layer1.2.conv1 (144 weights),
-layer2.2.conv1 (288) and layer3.2.conv1 (576), built by the engine as in a repair.
+training images, not the bench's 1,000, so that the whole run (two local-pool and three
+cluster repairs) stays under ten minutes; V = 500 images drawn from the test file. The LP set
+for the throughput runs is the top-level LPs of 16 + 32 + 32 neurons of layer1.2.conv1 (144
+weights), layer2.2.conv1 (288) and layer3.2.conv1 (576), built by the engine as in a repair.
 
 Simulated nodes: ray.cluster_utils.Cluster on this machine. The head node (where this driver and
 its object store live) has no CPUs, so every task runs on a worker node and fetches the problem
