@@ -14,13 +14,14 @@ the caller gets ordinary writable arrays, in input order. LP solves are single-t
 deterministic HiGHS: the results do not depend on the cluster, the number of workers or the
 batching (only ``solve_seconds`` does).
 
-Batches (benchmarks/results/scaling.md, 2-core machine under load): an empty task costs 2 ms
-one at a time and 0.6 ms each with many in flight; the task here, which also unpickles the
-call's problem list (80 LPs, arrays zero-copy), 5 ms and 1.8 ms. One "match" LP of ResNet-20
-takes 0.03 s (144 weights) to 0.7 s (576). MIN_BATCH LPs per task keep the overhead under 2 %
-of a task even for the fastest LPs (0.1-0.2 % for typical ones), TASKS_PER_SLOT tasks per
-worker keep the workers evenly loaded when LP times vary 30x, and MAX_BATCH bounds what a
-retry solves again.
+Batches (benchmarks/results/scaling.md, 2-core machine): an empty task costs 2.6 ms one at a
+time and 0.5-0.6 ms each with many in flight; the task here, which also unpickles the call's
+problem list (80 LPs, arrays zero-copy), 4-6 ms and 1.8 ms. One "match" LP of ResNet-20 takes
+5 ms (144 weights) to 15 ms (576). MIN_BATCH LPs per task keep the overhead near a tenth of a
+task of the fastest LPs and a few percent for typical batches (on that LP set Ray on one
+2-CPU node solves 158 LPs/s, the 2-process local pool 200), TASKS_PER_SLOT tasks per worker
+keep the workers evenly loaded when LP times vary, and MAX_BATCH bounds what a retry solves
+again.
 
 Faults: a task whose worker or node dies is run again up to ``max_retries`` times (Ray's task
 retries; an LP has no side effects, so re-solving it is safe). Past that, or when the cluster
