@@ -133,7 +133,7 @@ def eight_bit_layers(work, model: str, setting: str, strategy: str, k: int
     """The k layers (of those below 8 bits) to keep at 8 bits, in forward order, and each
     candidate layer's score.
 
-    A layer's score is the mean suspiciousness of its neurons under the default metric, on the
+    A layer's score is the mean blame of its neurons under the default metric, on the
     uniformly quantized model and the repair set. The mean, rather than the share of
     top-ranked neurons: it needs no cut-off N, and a share of the top N favours wide layers
     (ResNet-20's 64-channel stage holds half the neurons) by count alone.
@@ -181,7 +181,7 @@ def render(name: str, rows: list[dict], m: dict) -> None:
         "per tensor, min-max calibrated on R. Uniform strategies: per-channel or per-tensor "
         "weight scales from max-abs or MSE-optimal clipping. Mixed: per-channel max-abs with "
         f"{m['k']} more layers kept at W8A8, chosen by qnnrepair's localization (highest mean "
-        "suspiciousness of a layer's neurons, default metric, on R) or at random (seeded "
+        "blame of a layer's neurons, default metric (gradient blame), on R) or at random (seeded "
         "control: per localized layer a random one with as many weights, the same bits). "
         "Bias correction: empirical, on R. Repaired: `preset(\"default\")`. R = "
         f"{sizes.get('repair', '?')} training images (also the calibration set), V = "
@@ -202,7 +202,7 @@ def render(name: str, rows: list[dict], m: dict) -> None:
         if r["strategy"] == "mixed localized":
             kth = sorted(r["layer_scores"].values(), reverse=True)[m["k"] - 1]
             tied = sum(np.isclose(v, kth) for v in r["layer_scores"].values())
-            out += ["", f"Layer scores ({r['model']}, mean suspiciousness; layers scoring as "
+            out += ["", f"Layer scores ({r['model']}, mean blame; layers scoring as "
                     f"the k-th: {tied}, ties go to the earlier layer): " + ", ".join(
                         f"{k} {v:.3f}" for k, v in r["layer_scores"].items())]
     write(name, "\n".join(out) + "\n", (lambda plt: plot(plt, rows, m)) if rows else None)
