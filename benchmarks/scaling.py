@@ -420,15 +420,15 @@ def render(args, rows, sizes, seconds, synthetic, calls, call_bytes, per_problem
               f"multiplies all by {SCHEDULE_FACTOR:.2f} (the sum of candidate sizes, no cache "
               "hits: an upper bound). Not counted: the driver's activation recording and "
               "validation passes on ImageNet images, which stay on the driver.", "",
-              "| model | hidden neurons | largest J | LP CPU-hours | 8 nodes (128 cores) min "
-              "| 32 nodes (512 cores) min |", "|---|---:|---:|---:|---:|---:|"]
+              "| model | hidden neurons | largest J | LP CPU-minutes | 8 nodes (128 cores) s "
+              "| 32 nodes (512 cores) s |", "|---|---:|---:|---:|---:|---:|"]
     for name, layers in (("ResNet-50", resnet50_layers()), ("MobileNetV2", mobilenetv2_layers())):
         eight, many = (estimate(layers, lp_seconds, n, overhead_s, call_size) for n in (8, 32))
         lines.append(f"| {name} | {sum(n for _, n, _ in layers):,} | "
-                     f"{max(j for _, _, j in layers):,} | {eight['cpu_h']:.1f} | "
-                     f"{eight['wall_min']:.1f} | {many['wall_min']:.1f} |")
+                     f"{max(j for _, _, j in layers):,} | {eight['cpu_h'] * 60:.1f} | "
+                     f"{eight['wall_min'] * 60:.0f} | {many['wall_min'] * 60:.0f} |")
     lines += ["", "LP seconds per J used: " + ", ".join(
-        f"{j}: {lp_seconds(j):.2f}" for j in (9, 64, 147, 576, 1152, 2304, 4608)) + "."]
+        f"{j}: {lp_seconds(j):.3f}" for j in (9, 64, 147, 576, 1152, 2304, 4608)) + "."]
     return "\n".join(lines) + "\n"
 
 
