@@ -14,12 +14,12 @@ the caller gets ordinary writable arrays, in input order. LP solves are single-t
 deterministic HiGHS: the results do not depend on the cluster, the number of workers or the
 batching (only ``solve_seconds`` does).
 
-Batches (benchmarks/results/scaling.md, 2-core machine): an empty task costs 2.6 ms one at a
-time and 0.5-0.6 ms each with many in flight; the task here, which also unpickles the call's
-problem list (80 LPs, arrays zero-copy), 4-6 ms and 1.8 ms. One "match" LP of ResNet-20 takes
-5 ms (144 weights) to 15 ms (576). MIN_BATCH LPs per task keep the overhead near a tenth of a
-task of the fastest LPs and a few percent for typical batches (on that LP set Ray on one
-2-CPU node solves 158 LPs/s, the 2-process local pool 200), TASKS_PER_SLOT tasks per worker
+Batches (benchmarks/results/scaling.md, 2-core machine): an empty task costs about 2 ms one at
+a time and 0.4-0.8 ms each with many in flight; the task here, which also unpickles the call's
+problem list (80 LPs, arrays zero-copy), 4-8 ms and 1.3-2.2 ms. One "match" LP of ResNet-20
+takes 5 ms (144 weights) to 14 ms (576). MIN_BATCH LPs per task keep the overhead near a tenth
+of a task of the fastest LPs and a few percent for typical batches (on that LP set Ray on one
+2-CPU node solves 159 LPs/s, the 2-process local pool 145), TASKS_PER_SLOT tasks per worker
 keep the workers evenly loaded when LP times vary, and MAX_BATCH bounds what a retry solves
 again.
 
