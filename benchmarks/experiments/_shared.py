@@ -23,10 +23,7 @@ from common import DEFAULT_SHARED, RESULTS, Clock, Rows, command, machine, workl
 
 from qnnrepair.data.splits import SPLIT_NAMES  # noqa: E402
 from qnnrepair.evaluation import accuracy  # noqa: E402
-from qnnrepair.localization import Localizer  # noqa: E402
 from qnnrepair.quantization import QuantConfig, QuantizedModel, quantize  # noqa: E402
-from qnnrepair.repair import RepairConfig  # noqa: E402
-from qnnrepair.repair.engine import fit_localizer  # noqa: E402
 
 OUT = RESULTS / "experiments"
 SPLITS = SPLIT_NAMES
@@ -34,7 +31,7 @@ SETTINGS = {"conv3": "w3a8", "conv5": "w3a8", "vgg": "w3a8", "mobilenetv2": "w4a
             "resnet20": "w3a8", "resnet32": "w3a8", "resnet44": "w3a8", "resnet56": "w3a8"}
 
 __all__ = ["DEFAULT_SHARED", "OUT", "SETTINGS", "SPLITS", "Clock", "Rows", "accuracies",
-           "arguments", "commands", "header", "localize", "meta", "quantized", "rerender",
+           "arguments", "commands", "header", "meta", "quantized", "rerender",
            "results", "workload", "write"]
 
 
@@ -73,13 +70,6 @@ def accuracies(model, work, images: dict | None = None) -> dict[str, float]:
     """Accuracy on R, V and T (or on the (images, labels) pairs given per split)."""
     pairs = images or {s: (work.images(s), work.labels(s)) for s in SPLITS}
     return {s: accuracy(model, x, y) for s, (x, y) in pairs.items()}
-
-
-def localize(qmodel: QuantizedModel, images: torch.Tensor, labels: torch.Tensor,
-             metric: str, seed: int = 0) -> Localizer:
-    """The repair's own localizer for `metric` (gradient blame or an SBFL metric), fitted on
-    the hidden layers as `qnnrepair localize` fits it."""
-    return fit_localizer(qmodel, images, labels, RepairConfig(seed=seed).replace(metric=metric))
 
 
 def write(name: str, markdown: str, plot=None) -> None:

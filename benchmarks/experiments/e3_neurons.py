@@ -5,8 +5,8 @@ repaired neurons, from 1 to 10 and beyond.
         [--neurons 1 2 ... 10 16 32 64 128 256 0] [--fresh | --render]
 
 N = 0 stands for every neuron of the repaired layers. The top-N neurons of the default ranking
-(gradient blame, hidden layers) are repaired with no validation guard; every LP is solved afresh, so
-the solve time is that of N neurons alone.
+(gradient blame, hidden layers) are repaired with no validation guard; every LP is solved
+afresh, so the solve time is that of N neurons alone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from _shared import (
     accuracies,
     arguments,
     header,
-    localize,
     meta,
     quantized,
     rerender,
@@ -28,6 +27,7 @@ from _shared import (
 )
 
 from qnnrepair.repair import Repairer, preset
+from qnnrepair.repair.engine import fit_localizer
 
 NAME = "e3_neurons"
 NEURONS = [*range(1, 11), 16, 32, 64, 128, 256, 0]
@@ -47,8 +47,8 @@ def main() -> None:
         qmodel = quantized(work, model, work.images("repair"))
         before = accuracies(qmodel.model, work)
         repairer = Repairer(preset("default"))
-        ranking = localize(qmodel, work.images("repair"), work.labels("repair"),
-                           repairer.config.localization.metric).ranking_
+        ranking = fit_localizer(qmodel, work.images("repair"), work.labels("repair"),
+                                repairer.config).ranking_
         for n in args.neurons:
             n = n or len(ranking)
             if rows.has(model=model, n=n) or n > len(ranking):

@@ -30,7 +30,6 @@ from _shared import (
     Clock,
     accuracies,
     header,
-    localize,
     meta,
     quantized,
     results,
@@ -42,6 +41,7 @@ from qnnrepair.baselines import get_baseline
 from qnnrepair.data.splits import SPLIT_NAMES
 from qnnrepair.quantization import LayerBits
 from qnnrepair.repair import Repairer, preset
+from qnnrepair.repair.engine import fit_localizer
 
 NAME = "e5_quant_strategies"
 UNIFORM = {"per-channel maxabs": {"per_channel": True, "weight_clipping": "maxabs"},
@@ -146,8 +146,8 @@ def eight_bit_layers(work, model: str, setting: str, strategy: str, k: int
     n = len(base.layers)
     candidates = [name for i, name in enumerate(base.layers)
                   if base.config.bits_for(name, i, n) != (8, 8)]
-    localizer = localize(base, work.images("repair"), work.labels("repair"),
-                         preset("default").localization.metric)
+    localizer = fit_localizer(base, work.images("repair"), work.labels("repair"),
+                              preset("default"))
     scores = {name: float(np.mean(localizer.scores_[name])) for name in candidates}
     # ties (when whole layers deviate on every input they score alike) go to the earlier
     # layer, as the localizer breaks ties; render() says how many layers tied
