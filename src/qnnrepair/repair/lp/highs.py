@@ -1,6 +1,6 @@
 """A thin, quiet driver around highspy for the repair LPs (numpy + highspy only, no torch).
 
-The formulations build a :class:`SparseLP` (``core.py``) (rows in CSR form, straight from numpy)
+The formulations build a :class:`SparseLP` (``core.py``; rows in CSR form, straight from numpy)
 and hand it to :class:`HighsSolver`, which passes it to HiGHS in one call, runs it silently on one
 thread and reads back the model status, the primal values and the bounds HiGHS proved.
 
