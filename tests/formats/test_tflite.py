@@ -144,6 +144,20 @@ def test_same_padding_is_tensorflow_style():
     assert same_padding(5, 3, 2, 1) == (1, 1)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_xnnpack_add_in_int32_is_the_int64_sum(seed):
+    """8-bit inputs take the int32 path of the add; the int64 path gives the same integers."""
+    from qnnrepair.formats.tflite.arithmetic import xnnpack_add_centred
+    g = torch.Generator().manual_seed(seed)
+    ra = torch.randint(-255, 256, (4000,), generator=g).float()
+    rb = torch.randint(-255, 256, (4000,), generator=g).float()
+    sa, sb, so = (float(v) for v in torch.rand(3, generator=g) * 0.1 + 1e-3)
+    fast = xnnpack_add_centred(ra, sa, rb, sb, so, -128, 127, max_abs=255)
+    wide = xnnpack_add_centred(ra.long(), sa, rb.long(), sb, so, -128, 127)
+    assert fast.dtype == torch.int32 and wide.dtype == torch.int64
+    assert torch.equal(fast.long(), wide)
+
+
 def test_unsupported_operator_is_one_line_error(tmp_path):
     path = tmp_path / "tanh.tflite"
     path.write_bytes(tiny_model("int8", extra_op="TANH"))

@@ -97,8 +97,7 @@ class DeployedLayer(nn.Module):
     def float32_exact(self) -> bool:
         """Every partial sum, the bias and the accumulator are integers below 2^24, so a
         float32 convolution with the bias added is the integer one."""
-        bias = float(self.bias_int.abs().max()) if self.bias_int.numel() else 0.0
-        return exact_in_float32(self._partial_sum_bound() + bias)
+        return exact_in_float32(self._partial_sum_bound() + self._weight_bounds()[1])
 
     def _partial_sum_bound(self) -> float:
         """The largest |partial sum| of the accumulation: largest |input| times the largest row
@@ -109,7 +108,30 @@ class DeployedLayer(nn.Module):
 
     def _max_row_l1(self) -> float:
         """The largest L1 norm of one output channel's current integer weights."""
-        return float(self.weight_int.reshape(self.out_features, -1).abs().sum(dim=1).max())
+        return self._weight_bounds()[0]
+
+    def _weight_bounds(self) -> tuple[float, float, int, int]:
+        """(largest row L1 norm of weight_int, largest |bias_int|, smallest and largest
+        weight) of the current integers."""
+        def bounds():
+            w, b = self.weight_int, self.bias_int
+            return (float(w.reshape(self.out_features, -1).abs().sum(dim=1).max()),
+                    float(b.abs().max()) if b.numel() else 0.0, int(w.min()), int(w.max()))
+        return self._derived("bounds", bounds)
+
+    def _derived(self, name: str, compute):
+        """`compute()`, kept until weight_int or bias_int change: every forward pass reads
+        these values, and a tensor's data pointer and version counter change with any
+        replacement or in-place write."""
+        w, b = self.weight_int, self.bias_int
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        memo = self.__dict__.setdefault("_memo", {})
+        if memo.get("key") != key:
+            memo.clear()
+            memo["key"] = key
+        if name not in memo:
+            memo[name] = compute()
+        return memo[name]
 
     def accumulator(self, x: torch.Tensor) -> torch.Tensor:
         """The int32 accumulator sum (q_x - z_x)(q_w - z_w) + bias_int, as float64."""
@@ -121,15 +143,19 @@ class DeployedLayer(nn.Module):
         """float32(accumulator) of centred integer input `xi` (float32) zero-padded by `pads`
         (F.pad order): what a runtime's fp32 requantization multiplies. As an int8 matrix
         product when `_int8_product_exact`; in float32 alone when every partial sum and the
-        bias are integers below 2^24 (several times faster than float64), else rounded from
-        the exact float64 sum."""
+        bias are integers below 2^24 (several times faster than float64); when only the bias
+        is larger, the float32 sums plus the bias in int32; else rounded from the exact
+        float64 sum."""
         if not any(pads) and self._int8_product_exact():
             return self._int8_accumulator(xi)
         if self.float32_exact():
             return self._padded_op(xi, self.weight_int.float(), pads, self.bias_int.float())
         shape = self._channel_shape()
-        if exact_in_float32(self._partial_sum_bound()):  # a large bias alone: added in float64
-            acc = self._padded_op(xi, self.weight_int.float(), pads, None).double()
+        if exact_in_float32(self._partial_sum_bound()):  # a large bias alone: added as int32
+            acc = self._padded_op(xi, self.weight_int.float(), pads, None)
+            if self._partial_sum_bound() + self._weight_bounds()[1] < 2**31:
+                return acc.to(torch.int32).add_(self.bias_int.reshape(shape)).float()
+            acc = acc.double()
         else:
             acc = self._padded_op(xi.double(), self.weight_int.double(), pads, None)
         return acc.add_(self.bias_int.double().reshape(shape)).float()
@@ -142,27 +168,31 @@ class DeployedLayer(nn.Module):
         """An 8-bit activation grid, weights that fit int8 and int32 partial sums: then the
         accumulator is an int8 x int8 -> int32 matrix product (torch._int_mm), exact on any CPU
         and several times faster than float32 where the CPU has 8-bit dot products."""
-        w = self.weight_int
+        row_l1, _, w_min, w_max = self._weight_bounds()
         return (self._as_rows() and self.act_qmax - self.act_qmin == 255
-                and int(w.min()) >= -128 and int(w.max()) <= 127
-                and self._max_row_l1() * 255 < 2**31)
+                and w_min >= -128 and w_max <= 127 and row_l1 * 255 < 2**31)
 
     def _int8_accumulator(self, xi: torch.Tensor) -> torch.Tensor:
         """float32(accumulator) as one int8 matrix product: the input is shifted onto int8
         (u = q_x - qmin - 128), and the shift comes back as a per-channel constant,
         sum (q_x - z_x) w = sum u w + (qmin + 128 - z_x) sum w."""
         shift = self.act_qmin + 128 - int(self.input_zero_point)
-        w = self.weight_int.reshape(self.out_features, -1)
+
+        def operands():
+            w = self.weight_int.reshape(self.out_features, -1)
+            offset = shift * w.sum(dim=1, dtype=torch.int32) + self.bias_int
+            return w.to(torch.int8).t(), offset.to(torch.int32)
+        w_t, offset = self._derived("int8 operands", operands)
         rows, restore = _rows(xi)
         u = rows.to(torch.int16).sub_(shift).to(torch.int8)  # faster than a float subtraction
-        acc = torch._int_mm(u, w.to(torch.int8).t())
-        acc += (shift * w.sum(dim=1, dtype=torch.int32) + self.bias_int).to(torch.int32)
+        acc = torch._int_mm(u, w_t)
+        acc += offset
         return restore(acc.float())
 
     def _padded_op(self, x: torch.Tensor, w: torch.Tensor, pads: tuple[int, ...],
                    bias: torch.Tensor | None) -> torch.Tensor:
         """`_op` on `x` zero-padded by `pads` (real 0 is centred integer 0), plus `bias`."""
-        return self._op(F.pad(x, pads) if any(pads) else x, w, bias)
+        return self._op(zero_pad(x, pads) if any(pads) else x, w, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-activation in real units (float64, so the accumulator stays recoverable)."""
@@ -232,6 +262,24 @@ def _pointwise(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> t
     if bias is not None:
         out.add_(bias.reshape(-1, 1))
     return out.reshape(n, -1, h, wd)
+
+
+def zero_pad(x: torch.Tensor, pads: tuple[int, ...]) -> torch.Tensor:
+    """F.pad(x, pads) of a 4-D tensor (pads (left, right, top, bottom)), in x's memory format.
+    F.pad fills the whole output before copying x in; on ImageNet activations that fill costs
+    as much as the depthwise convolution after it, so only the border is zeroed here."""
+    left, right, top, bottom = pads
+    n, c, h, w = x.shape
+    fmt = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+           else torch.contiguous_format)
+    out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype,
+                      memory_format=fmt)
+    out[:, :, top:top + h, left:left + w] = x
+    out[:, :, :top].zero_()
+    out[:, :, top + h:].zero_()
+    out[:, :, :, :left].zero_()
+    out[:, :, :, left + w:].zero_()
+    return out
 
 
 def _rows(x: torch.Tensor):

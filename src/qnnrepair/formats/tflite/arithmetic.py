@@ -89,10 +89,11 @@ def xnnpack_add(qa: torch.Tensor, za: int, sa: float, qb: torch.Tensor, zb: int,
 
 
 def xnnpack_add_centred(ra: torch.Tensor, sa: float, rb: torch.Tensor, sb: float, so: float,
-                        lo: int, hi: int) -> torch.Tensor:
+                        lo: int, hi: int, max_abs: int = 2**16) -> torch.Tensor:
     """XNNPACK's quantized add on centred integers r = q - z, returning the centred output
-    clamped to [lo, hi] (int64): each input's scale relative to the output becomes an integer
-    multiplier, the larger one about 21 bits; the sum is shifted right with round-half-up.
+    clamped to [lo, hi] (int32 or int64; `max_abs` bounds |ra| and |rb|): each input's scale
+    relative to the output becomes an integer multiplier, the larger one about 21 bits; the
+    sum is shifted right with round-half-up.
     (XNNPACK folds the zero points into one bias; on centred integers they cancel.)"""
     a_scale, b_scale = f32(f32(sa) / f32(so)), f32(f32(sb) / f32(so))
     max_scale = max(abs(a_scale), abs(b_scale))
@@ -100,9 +101,13 @@ def xnnpack_add_centred(ra: torch.Tensor, sa: float, rb: torch.Tensor, sb: float
     shift = 20 - exponent
     a_mult = int(np.rint(np.float32(a_scale) * np.float32(2.0**shift)))
     b_mult = int(np.rint(np.float32(b_scale) * np.float32(2.0**shift)))
-    acc = ra.to(torch.int64) * a_mult
-    acc.add_(rb.to(torch.int64) * b_mult).add_(1 << (shift - 1))
-    return torch.bitwise_right_shift(acc, shift).clamp_(lo, hi)
+    # int32 holds the sum for 8-bit inputs (|r| <= 255, multipliers below 2^21) and moves
+    # half the bytes of int64
+    bound = max_abs * (abs(a_mult) + abs(b_mult)) + (1 << (shift - 1))
+    dtype = torch.int32 if bound < 2**31 else torch.int64
+    acc = ra.to(dtype, copy=True).mul_(a_mult)
+    acc.add_(rb.to(dtype), alpha=b_mult).add_(1 << (shift - 1))
+    return acc.bitwise_right_shift_(shift).clamp_(lo, hi)
 
 
 def average_pool_round(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

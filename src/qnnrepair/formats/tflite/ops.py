@@ -168,8 +168,10 @@ class AddOp(TFLiteOp):
 
     def integer_forward(self, ra: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
         zo = self.out_q.zero_point
+        max_abs = max(q.qmax - q.qmin for q in (self.a_q, self.b_q))
         return ar.xnnpack_add_centred(ra, self.a_q.scale, rb, self.b_q.scale, self.out_q.scale,
-                                      self.act_range[0] - zo, self.act_range[1] - zo).float()
+                                      self.act_range[0] - zo, self.act_range[1] - zo,
+                                      max_abs).float()
 
 
 class PoolOp(TFLiteOp):
