@@ -418,3 +418,35 @@ def test_a_bias_shared_between_layers_is_simulated_and_kept(tmp_path):
     layers = [model.model.get_submodule(n) for n in model.layers]
     assert [layer.bias_fixed for layer in layers[:2]] == [True, True]
     assert not all(layer.bias_on_grid for layer in layers[:2])
+
+
+def test_the_guard_scores_a_qdq_candidate_in_onnx_runtime(tiny_pair, tmp_path):
+    """The guard runs a changed QDQ graph in ONNX Runtime (default optimizations) from its
+    file with the candidate's integers: the logits ORT gives for the same file written out."""
+    from qnnrepair.repair.acceptance import Guard
+
+    float_path, qdq_path = tiny_pair
+    model = load_onnx_qdq(float_path, qdq_path)
+    images = _images(64)
+    labels = torch.zeros(len(images), dtype=torch.int64)
+    guard = Guard(model.float_model, images, labels)
+    guard.run_like(model.model)
+    assert guard.runtime is not None and guard.prefix is None
+    candidate = model.copy()
+    head = candidate.layer(candidate.layers[-1])
+    head.bias_int[0] += int(1.0 / float(head.bias_scale()[0]))  # +1 on logit 0
+    out = tmp_path / "candidate.onnx"
+    write_qdq(qdq_path, candidate, out)
+    want = torch.from_numpy(ort_run(out, images, "all"))
+    assert torch.equal(guard.runtime(candidate.model, images), want)
+    assert not torch.equal(want, torch.from_numpy(ort_run(qdq_path, images, "all")))
+    assert guard.score(candidate.model).accuracy == 100.0 * float((want.argmax(1) == 0).double()
+                                                                  .mean())
+
+
+def test_the_float_reference_is_not_scored_in_a_runtime(tiny_pair):
+    from qnnrepair.formats.deployed import runtime_scorer
+
+    model = load_onnx_qdq(*tiny_pair)
+    assert runtime_scorer(model.model) is not None
+    assert runtime_scorer(model.float_model) is None

@@ -48,6 +48,18 @@ def load_deployed(path: str | Path, float_path: str | Path | None = None) -> Dep
     return model
 
 
+def runtime_scorer(graph):
+    """`runtime_logits(graph, images)` for a graph whose candidates the guard scores in the
+    file's own runtime (an ONNX QDQ simulation: formats/onnx_qdq/scoring.py says why), else
+    None (a .tflite simulation computes LiteRT's integers to the bit)."""
+    path = getattr(graph, "path", None)
+    if not is_deployed(path) or SUFFIXES[Path(path).suffix.lower()] != "onnx-qdq":
+        return None
+    from qnnrepair.formats.onnx_qdq.scoring import runtime_logits, scores_in_runtime
+
+    return runtime_logits if scores_in_runtime(graph) else None
+
+
 def input_normalization(model: DeployedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per channel that turn pixels scaled to [0, 1] into the model's input, where
     the file says: a .tflite file with an integer input takes the stored integers (uint8: the

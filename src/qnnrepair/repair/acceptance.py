@@ -14,6 +14,7 @@ accuracy does not drop.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -21,7 +22,10 @@ import torch
 
 from qnnrepair.divergence import kl_from_log_probs, log_probs
 from qnnrepair.evaluation import batch_size_for, logits_of
+from qnnrepair.formats.deployed import runtime_scorer
 from qnnrepair.formats.prefix import PrefixCache, supports_prefix
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,23 @@ class Guard:
         self.float_accuracy = 100.0 * (self.float_log_probs.argmax(dim=1) == labels).double() \
             .mean().item()
         self.prefix: PrefixCache | None = None
+        self.runtime = None  # runtime_logits(model, images), where models run in their runtime
 
-    def reuse_prefix(self, base) -> None:
-        """Score models that are `base` with some integers changed from the values `base` has
-        before the first change (formats/prefix.py), where `base` is a graph that allows it."""
-        if supports_prefix(base):
+    def run_like(self, base) -> None:
+        """How models that are `base` with some integers changed are run: an ONNX QDQ graph in
+        ONNX Runtime, which the simulation does not predict to the bit (formats/deployed.py
+        runtime_scorer); another deployed graph from the values `base` has before the first
+        change (formats/prefix.py); anything else whole."""
+        self.runtime = runtime_scorer(base)
+        if self.runtime is not None:
+            logger.info("validation: candidates run in the file's runtime")
+        elif supports_prefix(base):
             self.prefix = PrefixCache(base, self.images, batch_size_for(self.images))
 
     def score(self, model) -> Score:
-        if self.prefix is not None and type(model) is type(self.prefix.base):
+        if self.runtime is not None:
+            logits = self.runtime(model, self.images).double()
+        elif self.prefix is not None and type(model) is type(self.prefix.base):
             logits = self.prefix.logits(model).double()
         else:
             logits = logits_of(model, self.images).double()

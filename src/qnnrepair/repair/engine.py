@@ -88,7 +88,7 @@ class Repairer:
         rule = cfg.acceptance
         guard = Guard(work.float_model, validation_images, validation_labels, rule.criterion,
                       rule.min_gain, rule.min_z)
-        guard.reuse_prefix(work.model)  # deployed graphs: candidates start at their change
+        guard.run_like(work.model)  # deployed graphs: in ONNX Runtime, or from their change
         quantized = guard.score(work.model)  # the unchanged model, scored once
         if quantized.accuracy >= guard.float_accuracy and ranking is None:
             # Nothing to repair: V is already at the float model's accuracy. Decided before

@@ -23,9 +23,17 @@ def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
               out_path: str | Path) -> list[str]:
     """Copy `original_qdq_path` to `out_path` with the integers of `model`'s quantized layers.
     Returns the names of the initializers whose values changed."""
+    original_path, out_path = check_output(original_qdq_path, out_path)
+    proto, changed = with_integers(original_path, model)
+    write_bytes(out_path, proto.SerializeToString())
+    return changed
+
+
+def with_integers(original_path: Path, model: OnnxGraph | OnnxQDQModel):
+    """(the ModelProto of `original_path` with the integers of `model`'s quantized layers,
+    the names of the initializers whose values changed)."""
     from onnx import numpy_helper
 
-    original_path, out_path = check_output(original_qdq_path, out_path)
     graph = model.model if isinstance(model, OnnxQDQModel) else model
     layers = (list(model.layers) if isinstance(model, OnnxQDQModel) else
               [n for n in graph.layer_names() if isinstance(graph.get_submodule(n), QDQ_LAYERS)])
@@ -62,8 +70,7 @@ def write_qdq(original_qdq_path: str | Path, model: OnnxGraph | OnnxQDQModel,
                 replacement.doc_string = tensor.doc_string
                 tensor.CopyFrom(replacement)
                 changed.append(init_name)
-    write_bytes(out_path, proto.SerializeToString())
-    return changed
+    return proto, changed
 
 
 def _stored_weight(layer) -> np.ndarray:
@@ -74,4 +81,4 @@ def _stored_weight(layer) -> np.ndarray:
     return stored.contiguous().numpy()
 
 
-__all__ = ["write_qdq"]
+__all__ = ["with_integers", "write_qdq"]
