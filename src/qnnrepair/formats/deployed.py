@@ -11,10 +11,14 @@ qnnrepair does: the guard and the blame compare soft predictions.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 
 from qnnrepair.errors import QnnRepairError
 from qnnrepair.formats.model import DeployedModel
+
+logger = logging.getLogger(__name__)
 
 SUFFIXES = {".tflite": "tflite", ".onnx": "onnx-qdq"}
 
@@ -54,6 +58,10 @@ def runtime_scorer(graph):
     None (a .tflite simulation computes LiteRT's integers to the bit)."""
     path = getattr(graph, "path", None)
     if not is_deployed(path) or SUFFIXES[Path(path).suffix.lower()] != "onnx-qdq":
+        return None
+    if importlib.util.find_spec("onnxruntime") is None:
+        logger.warning("onnxruntime is not installed: candidates of %s are scored in the "
+                       "simulation, which can round differently", path)
         return None
     from qnnrepair.formats.onnx_qdq.scoring import runtime_logits, scores_in_runtime
 
