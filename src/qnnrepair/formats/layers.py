@@ -182,7 +182,7 @@ class DeployedLayer(nn.Module):
             w = self.weight_int.reshape(self.out_features, -1)
             offset = shift * w.sum(dim=1, dtype=torch.int32) + self.bias_int
             return w.to(torch.int8).t(), offset.to(torch.int32)
-        w_t, offset = self._derived("int8 operands", operands)
+        w_t, offset = self._derived(f"int8 operands, shift {shift}", operands)
         rows, restore = _rows(xi)
         u = rows.to(torch.int16).sub_(shift).to(torch.int8)  # faster than a float subtraction
         acc = torch._int_mm(u, w_t)
