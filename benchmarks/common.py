@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import subprocess
 import sys
@@ -44,7 +45,10 @@ def machine() -> str:
     return f"{describe()} ({git_revision()})"
 
 
+@functools.cache
 def git_revision() -> str:
+    """The revision checked out when the process first asks: the code it imported then, even
+    if a commit lands while it runs."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                               capture_output=True, check=True).stdout.strip()

@@ -13,8 +13,9 @@ Settings:
   as a .tflite. Their V and T top-1 are LiteRT's (beside the simulation's).
 - `ort`: the file's float reference exported to ONNX (torch.onnx) and quantized by ONNX
   Runtime's own `quantize_static` (QDQ, int8, per-tensor weights, MinMax calibration on R).
-  "file" is that QDQ model, "qnnrepair" its default repair written back as QDQ; V and T also
-  through ONNX Runtime (default optimizations). CPU s include the ONNX Runtime quantization.
+  "file" is that QDQ model, "qnnrepair" its default repair written back as QDQ (its guard
+  scores candidates in ONNX Runtime); V and T also through ONNX Runtime (default
+  optimizations). CPU s include the ONNX Runtime quantization.
 - `w4a8`, `w8a8-pt`, ...: the file's float reference (its dequantized weights, float
   activations) re-quantized by qnnrepair's quantizer (per-channel weights unless `-pt`; first
   and last layer at 8 bits); methods as in the bench (RTN, bias correction, DFQ, GPTQ,
@@ -277,7 +278,8 @@ def render(rows: list[dict], m: dict, name: str) -> None:
     what = ("Top-1 (%) of MobileNetV2 on ImageNet images. R = sample1000 (one image per class), "
             "V and T disjoint halves of nips17 (see the split line per block). `own`: the file's "
             "own INT8, V/T runtime through LiteRT (simulation beside it); `ort`: ONNX Runtime's "
-            "QDQ quantization of the float reference, V/T runtime through ONNX Runtime; "
+            "QDQ quantization of the float reference, V/T runtime through ONNX Runtime (the "
+            "repair's guard scores its candidates in ONNX Runtime, default optimizations); "
             "agreement: images on which runtime and simulation predict the same class, for ONNX "
             "with ONNX Runtime's default graph optimizations (fused integer kernels) and as "
             "written (optimizations off; rows before it was kept show '-'); other settings: "
