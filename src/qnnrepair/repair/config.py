@@ -134,7 +134,7 @@ class AcceptanceConfig:
     """Which candidates are tried and kept. With `schedule` "geometric" or "linear",
     candidate N repairs the top-N neurons of the ranking on the quantized model, for N growing
     as 1, g, g^2, ... (up to half of all), all (g = `growth`) or 1, 2, 3, .... The default
-    `growth` 8 (1, 8, 64, ..., all) gave the same model as 4 in 8 of 9 validation runs with two
+    `growth` 8 (1, 8, 64, ..., all) gave the same model as 4 in 6 of 9 validation runs with two
     candidates fewer, each a forward pass over R and one over V
     (benchmarks/results/defaults-cost.md). Up to `max_neurons`, within
     `time_budget_s` (off by default: a wall-clock budget makes the result depend on the
