@@ -225,13 +225,14 @@ def _rounds_on_validation(rows: list[dict]) -> list[str]:
     """Per model, the round size of the gradient in rounds that validation prefers (the larger
     V gain summed over the top 5 % and 10 %), with its test gains against Random's: E2 has no
     guard, so choosing the size by these test gains would be choosing on test."""
-    out = ["## Gradient in rounds, round size chosen on validation", "",
-           "Per model, among the `gradient+roundsP` rows, the P whose V gain summed over the "
-           "top 5 % and 10 % is largest (ties: the larger P, fewer rounds); then its test "
-           "gains (T) beside Random's mean.", "",
-           "| model | V gain at 5 %, 10 % per round size | chosen | T gain at 5 %, 10 % | "
-           "Random T at 5 %, 10 % | 2x Random at 5 %, 10 % | 10 % >= half of all |",
-           "|---|---|---|---|---|---|---|"]
+    head = ["## Gradient in rounds, round size chosen on validation", "",
+            "Per model, among the `gradient+roundsP` rows, the P whose V gain summed over the "
+            "top 5 % and 10 % is largest (ties: the larger P, fewer rounds); then its test "
+            "gains (T) beside Random's mean.", "",
+            "| model | V gain at 5 %, 10 % per round size | chosen | T gain at 5 %, 10 % | "
+            "Random T at 5 %, 10 % | 2x Random at 5 %, 10 % | 10 % >= half of all |",
+            "|---|---|---|---|---|---|---|"]
+    body = []
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
         tried = rounds_tried(sub, model)
@@ -245,10 +246,10 @@ def _rounds_on_validation(rows: list[dict]) -> list[str]:
                  if r["n"] == "all"][:1]
         per_size = "; ".join(f"{size[m]:g} %: {a:+.2f}, {b:+.2f}" for m, (a, b) in
                              sorted(tried.items(), key=lambda kv: -size[kv[0]]))
-        out.append(f"| {model} | {per_size} | {size[chosen]:g} % | {test[0]:+.2f}, "
-                   f"{test[1]:+.2f} | {rnd[0]:+.2f}, {rnd[1]:+.2f} | "
-                   + _verdicts(sub, model, chosen, every) + " |")
-    return out + [""] if len(out) > 6 else []  # no model with gradient-in-rounds rows
+        body.append(f"| {model} | {per_size} | {size[chosen]:g} % | {test[0]:+.2f}, "
+                    f"{test[1]:+.2f} | {rnd[0]:+.2f}, {rnd[1]:+.2f} | "
+                    + _verdicts(sub, model, chosen, every) + " |")
+    return head + body + [""] if body else []
 
 
 def round_size(metric: str) -> float:

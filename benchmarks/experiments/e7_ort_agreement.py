@@ -19,14 +19,13 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from _shared import arguments, header, meta, write
 from e7_imagenet import FILES, _ort_quantized
 
 from qnnrepair.evaluation import logits_of
 from qnnrepair.formats.deployed import load_deployed
-from qnnrepair.formats.runtime import onnxruntime_session
+from qnnrepair.formats.runtime import runtime_predictions
 from qnnrepair.pipeline import prepare_deployed
 
 NAME = "e7_ort_agreement"
@@ -46,8 +45,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         qdq = _ort_quantized(deployed, work, Path(tmp))
         top1 = {"simulation": logits_of(qdq.model, images).argmax(1).numpy(),
-                "ONNX Runtime as run": _ort_top1(qdq.path, images, "all"),
-                "ONNX Runtime as written": _ort_top1(qdq.path, images, "disable")}
+                "ONNX Runtime as run": runtime_predictions(qdq.path, images)[1],
+                "ONNX Runtime as written": runtime_predictions(qdq.path, images, False)[1]}
         optimized = _optimized_node_types(qdq.path, Path(tmp) / "optimized.onnx")
     lines = header("E7: the QDQ simulation and ONNX Runtime, run and as written", m,
                    f"Top-1 agreement on {len(images)} held-out nips17 images (V then T) of "
@@ -63,13 +62,6 @@ def main() -> None:
               + ", ".join(f"{op} {n}" for op, n in optimized.most_common()) + "."]
     write(NAME, "\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _ort_top1(path: str, images: torch.Tensor, optimization: str) -> np.ndarray:
-    session = onnxruntime_session(path, optimization)
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i:i + 50].numpy()})[0].argmax(1)
-                           for i in range(0, len(images), 50)])
 
 
 def _optimized_node_types(path: str, out: Path) -> collections.Counter:

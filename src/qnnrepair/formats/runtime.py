@@ -119,13 +119,20 @@ def onnxruntime_session(path, optimization: str = "all"):
         raise QnnRepairError(f"ONNX Runtime cannot load {what} ({reason})") from None
 
 
-def _onnxruntime_predictions(path, images: torch.Tensor, batch_size: int = 100,
-                             optimized: bool = True) -> np.ndarray:
-    session = onnxruntime_session(path, "all" if optimized else "disable")
+def _onnxruntime_predictions(path, images: torch.Tensor, optimized: bool = True) -> np.ndarray:
+    if len(images) == 0:
+        return np.empty(0, np.int64)
+    return onnxruntime_outputs(path, images, "all" if optimized else "disable").argmax(axis=1)
+
+
+def onnxruntime_outputs(path, images: torch.Tensor, optimization: str = "all",
+                        batch_size: int = 100) -> np.ndarray:
+    """The first output of the model at `path` (a file, or a serialized model as bytes) on
+    `images`, run by ONNX Runtime (onnxruntime_session) in batches."""
+    session = onnxruntime_session(path, optimization)
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     if isinstance(fixed, int) and fixed > 0:  # a file exported for a fixed batch (often 1)
         batch_size = fixed
-    parts = [session.run(None, {name: images[i:i + batch_size].numpy()})[0].argmax(axis=1)
-             for i in range(0, len(images), batch_size)]
-    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+    return np.concatenate([session.run(None, {name: images[i:i + batch_size].numpy()})[0]
+                           for i in range(0, len(images), batch_size)])

@@ -19,7 +19,7 @@ import torch
 from qnnrepair.formats.onnx_qdq.graph import OnnxGraph
 from qnnrepair.formats.onnx_qdq.layers import QDQ_LAYERS
 from qnnrepair.formats.onnx_qdq.writer import with_integers
-from qnnrepair.formats.runtime import onnxruntime_session
+from qnnrepair.formats.runtime import onnxruntime_outputs
 
 
 def scores_in_runtime(graph) -> bool:
@@ -30,16 +30,8 @@ def scores_in_runtime(graph) -> bool:
 
 
 @torch.no_grad()
-def runtime_logits(graph: OnnxGraph, images: torch.Tensor, batch_size: int = 100
-                   ) -> torch.Tensor:
+def runtime_logits(graph: OnnxGraph, images: torch.Tensor) -> torch.Tensor:
     """`graph`'s output on `images` by ONNX Runtime (default optimizations, torch's thread
     count), from its file with the graph's current integers written in (in memory)."""
     proto, _ = with_integers(Path(graph.path), graph)
-    session = onnxruntime_session(proto.SerializeToString(), "all")
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
-    if isinstance(fixed, int) and fixed > 0:  # a file exported for a fixed batch (often 1)
-        batch_size = fixed
-    parts = [torch.from_numpy(session.run(None, {name: images[i:i + batch_size].numpy()})[0])
-             for i in range(0, len(images), batch_size)]
-    return torch.cat(parts)
+    return torch.from_numpy(onnxruntime_outputs(proto.SerializeToString(), images, "all"))
