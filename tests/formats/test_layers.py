@@ -17,6 +17,7 @@ def _layer(kind, act_range, zero_point, weight, bias):
 
 @pytest.mark.parametrize("kind", ["dense", "pointwise"])
 @pytest.mark.parametrize("act_range, zero_point", [((-128, 127), -3), ((-128, 127), 100),
+                                                   ((-128, 127), 0), ((-128, 127), -128),
                                                    ((0, 255), 0), ((0, 255), 131)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_int8_product_is_the_exact_accumulator(kind, act_range, zero_point, layout):
