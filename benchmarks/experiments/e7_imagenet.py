@@ -67,7 +67,7 @@ SETTINGS = ("own", "ort", "w4a8", "w8a8-pt")
 DEPLOYED_SETTINGS = ("own", "ort")  # a file as deployed: its runtime's numbers too
 # "file" (the file as it is) only in the setting "own"
 METHODS = ("file", "qnnrepair", "rtn", "bias_correction", "dfq", "gptq", "squant", "adaround",
-           "gptq+qnnrepair", "adaround+qnnrepair")
+           "dfq+qnnrepair", "gptq+qnnrepair", "adaround+qnnrepair")
 SPLITS = ("repair", "validation", "test")
 
 
