@@ -3,6 +3,7 @@ are found through ReLU, ReLU6 (in place too), depthwise layers and not across a 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -65,6 +66,44 @@ def test_relu6_in_place_keeps_the_function_on_the_calibration_images():
     assert [p.clipped for p in pairs] == [True, True]
     equalize(net, pairs, x, iterations=4)
     with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-6)
+
+
+class Clamp(nn.Module):
+    """ReLU / ReLU6 written as a clamp, after a look at the input's shape, as a .tflite file's
+    float reference and much user code apply them."""
+
+    def __init__(self, form: str, inplace: bool = False) -> None:
+        super().__init__()
+        self.form = form
+
+    def forward(self, x):
+        assert x.dim() == 4 and x.is_contiguous()  # metadata queries do not end a chain
+        return {"torch.clamp 0 6": lambda: torch.clamp(x, 0.0, 6.0),
+                "x.clamp(min=0, max=6)": lambda: x.clamp(min=0, max=6),
+                "x.clamp_(0, 6)": lambda: x.clamp_(0, 6),
+                "x.clamp(min=0)": lambda: x.clamp(min=0.0),
+                "torch.clamp_min 0": lambda: torch.clamp_min(x, 0),
+                "x.clamp(-1, 1)": lambda: x.clamp(-1, 1),
+                "x.clamp(0, 4)": lambda: x.clamp(0, 4)}[self.form]()
+
+
+@pytest.mark.parametrize("form, clipped", [("torch.clamp 0 6", True),
+                                           ("x.clamp(min=0, max=6)", True),
+                                           ("x.clamp_(0, 6)", True), ("x.clamp(min=0)", False),
+                                           ("torch.clamp_min 0", False),
+                                           ("x.clamp(-1, 1)", None), ("x.clamp(0, 4)", None)])
+def test_pairs_through_an_activation_written_as_a_clamp(form, clipped):
+    net, x = mobile_block(lambda inplace: Clamp(form)), images()
+    pairs = equalizable_pairs(net, layer_names(net), x[:2])
+    if clipped is None:  # not a ReLU or ReLU6: scaling through it would change the function
+        assert pairs == []
+        return
+    assert [(p.first, p.second, p.clipped) for p in pairs] == [("0", "2", clipped),
+                                                               ("2", "4", clipped)]
+    with torch.no_grad():
+        before = net(x)
+        equalize(net, pairs, x, iterations=4)
         torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-6)
 
 

@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 
 _KERNELS = (F.conv2d, torch.conv2d, F.linear)
 _RELU = (F.relu, torch.relu, torch.relu_, F.relu_)
+# ReLU / ReLU6 written as a clamp (x.clamp(0, 6), torch.clamp(x, min=0), ...): how a .tflite
+# file's float reference applies its fused activations, and how much user code writes them
+_CLAMP = (torch.clamp, torch.clip, torch.Tensor.clamp, torch.Tensor.clip, torch.Tensor.clamp_,
+          torch.Tensor.clip_, torch.clamp_, torch.clip_)
+_CLAMP_MIN = (torch.clamp_min, torch.Tensor.clamp_min, torch.Tensor.clamp_min_,
+              torch.clamp_min_)
 CLIP = 6.0
 
 
@@ -217,8 +223,10 @@ class _Calls(TorchFunctionMode):
         return result
 
     def users(self, value: torch.Tensor, after: int) -> list[tuple[int, _Call]]:
-        """(index, call) of the calls after call `after` that read `value`."""
-        return [(i, c) for i, c in enumerate(self.calls) if i > after
+        """(index, call) of the calls after call `after` that compute from `value`. Calls that
+        return no tensor (x.dim(), x.shape, x.is_contiguous(): what a .tflite file's float
+        reference asks before each op) only look at its metadata and are not users."""
+        return [(i, c) for i, c in enumerate(self.calls) if i > after and c.outputs
                 and any(t is value for t in c.inputs)]
 
 
@@ -233,8 +241,21 @@ def _kind(func, args, kwargs) -> str:
         lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
         hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
         return "relu6" if (lo, hi) == (0.0, CLIP) else "other"
+    if func in _CLAMP or func in _CLAMP_MIN:
+        return _clamp_kind(func, args, kwargs)
     if func is F.pad:
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
         value = args[3] if len(args) > 3 else kwargs.get("value", None)
         return "pad" if mode == "constant" and not value else "other"
     return "other"
+
+
+def _clamp_kind(func, args, kwargs) -> str:
+    """A clamp at [0, inf) is a ReLU, at [0, 6] a ReLU6; any other bounds are "other"."""
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = None if func in _CLAMP_MIN else (args[2] if len(args) > 2 else kwargs.get("max"))
+    if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor) or lo != 0:
+        return "other"
+    if hi is None:
+        return "relu"
+    return "relu6" if hi == CLIP else "other"
