@@ -73,7 +73,7 @@ class Clamp(nn.Module):
     """ReLU / ReLU6 written as a clamp, after a look at the input's shape, as a .tflite file's
     float reference and much user code apply them."""
 
-    def __init__(self, form: str, inplace: bool = False) -> None:
+    def __init__(self, form: str) -> None:
         super().__init__()
         self.form = form
 
@@ -105,6 +105,17 @@ def test_pairs_through_an_activation_written_as_a_clamp(form, clipped):
         before = net(x)
         equalize(net, pairs, x, iterations=4)
         torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_no_pair_through_a_write_into_the_activation():
+    class Overwrite(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x)
+            y[:, 0] = 5.0  # not homogeneous: scaling y's channels would change what B reads
+            return y
+
+    net = mobile_block(lambda inplace: Overwrite())
+    assert equalizable_pairs(net, layer_names(net), images(2)) == []
 
 
 def test_no_pair_across_a_residual_add():

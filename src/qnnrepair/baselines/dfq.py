@@ -215,6 +215,8 @@ class _Calls(TorchFunctionMode):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         outputs = [r for r in (result if isinstance(result, (tuple, list)) else (result,))
                    if isinstance(r, torch.Tensor)]
+        if func is torch.Tensor.__setitem__:  # returns nothing but writes into its tensor
+            outputs = [args[0]]
         call = _Call(_kind(func, args, kwargs), tensors, outputs)
         if call.kind == "kernel":
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
@@ -224,8 +226,9 @@ class _Calls(TorchFunctionMode):
 
     def users(self, value: torch.Tensor, after: int) -> list[tuple[int, _Call]]:
         """(index, call) of the calls after call `after` that compute from `value`. Calls that
-        return no tensor (x.dim(), x.shape, x.is_contiguous(): what a .tflite file's float
-        reference asks before each op) only look at its metadata and are not users."""
+        neither return nor write a tensor (x.dim(), x.shape, x.is_contiguous(): what a .tflite
+        file's float reference asks before each op) only look at its metadata and are not
+        users."""
         return [(i, c) for i, c in enumerate(self.calls) if i > after and c.outputs
                 and any(t is value for t in c.inputs)]
 
